@@ -1,0 +1,7 @@
+mod daemon;
+mod egress;
+mod identity;
+mod policy;
+mod proxy;
+mod sandbox;
+mod server;
