@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use super::dlp::{Direction, Dlp};
+use super::dlp::{Direction, Dlp, DlpHit};
 
 /// Default longest line held before a forced flush.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
@@ -26,7 +26,7 @@ pub struct StderrFilter {
     dlp: Dlp,
     buf: Vec<u8>,
     max_line: usize,
-    matches: usize,
+    hits: Vec<DlpHit>,
 }
 
 impl StderrFilter {
@@ -35,7 +35,7 @@ impl StderrFilter {
             dlp,
             buf: Vec::new(),
             max_line: DEFAULT_MAX_LINE,
-            matches: 0,
+            hits: Vec::new(),
         }
     }
 
@@ -45,9 +45,14 @@ impl StderrFilter {
         self
     }
 
-    /// Total redactions made so far (for an audit event).
+    /// Total redactions made so far.
     pub fn redactions(&self) -> usize {
-        self.matches
+        self.hits.iter().map(|h| h.count).sum()
+    }
+
+    /// Redactions so far per pattern, in first-seen order (for a `DLP_TRIGGERED` audit event).
+    pub fn hits(&self) -> &[DlpHit] {
+        &self.hits
     }
 
     /// Accepts a chunk and returns what can be written now.
@@ -118,7 +123,12 @@ impl StderrFilter {
         if !report.matched() {
             return Cow::Borrowed(bytes);
         }
-        self.matches += report.match_count();
+        for h in report.hits {
+            match self.hits.iter_mut().find(|x| x.rule == h.rule) {
+                Some(x) => x.count += h.count,
+                None => self.hits.push(h),
+            }
+        }
         Cow::Owned(red.into_owned().into_bytes())
     }
 }
