@@ -595,3 +595,7 @@ pub(crate) fn validate(c: &mut Checker<'_>, raw: &RawDlp) -> Checked<Dlp> {
         response_set,
     })
 }
+
+#[cfg(test)]
+#[path = "dlp_tests.rs"]
+mod tests;

@@ -55,6 +55,11 @@ impl StderrFilter {
         &self.hits
     }
 
+    /// Bytes currently held back (an incomplete line).
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Accepts a chunk and returns what can be written now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(chunk.len());

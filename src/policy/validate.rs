@@ -559,3 +559,7 @@ fn index(spec: &Spec) -> Index {
         denied_methods: spec.denied_methods.iter().cloned().collect(),
     }
 }
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;
