@@ -155,7 +155,10 @@ fn rss(bytes: usize, cmd: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let sep = args.iter().position(|a| a == "--").expect("usage: MODE N -- CMD…");
+    let sep = args
+        .iter()
+        .position(|a| a == "--")
+        .expect("usage: MODE N -- CMD…");
     let cmd = &args[sep + 1..];
     let n: usize = args[1].parse().expect("N");
     match args[0].as_str() {

@@ -70,7 +70,11 @@ impl ServerProcess for PlainChild {
     }
 
     fn wait(&self) -> std::io::Result<ServerExit> {
-        let status = self.child.lock().unwrap_or_else(|p| p.into_inner()).wait()?;
+        let status = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait()?;
         Ok(match (status.code(), status.signal()) {
             (Some(c), _) => ServerExit::Code(c),
             (None, Some(s)) => ServerExit::Signal(s),

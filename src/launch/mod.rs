@@ -87,7 +87,9 @@ fn build_approver(choice: ApproverChoice, per_minute: usize) -> Arc<dyn Approver
         ApproverChoice::Desktop => match DesktopApprover::detect() {
             Some(d) => Arc::new(FatigueLimited::new(d, per_minute, window)),
             None => {
-                tracing::warn!("--approver desktop: no zenity/kdialog or no graphical session; asks will time out");
+                tracing::warn!(
+                    "--approver desktop: no zenity/kdialog or no graphical session; asks will time out"
+                );
                 Arc::new(NoApprover)
             }
         },
@@ -103,12 +105,11 @@ fn build_approver(choice: ApproverChoice, per_minute: usize) -> Arc<dyn Approver
 /// The engine's view of the environment: home, the server's working directory, and the files
 /// that must never be named in arguments.
 pub fn eval_context(policy_path: &Path, audit_path: &Path, server_cwd: &Path) -> EvalContext {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    EvalContext::new(home, server_cwd.to_owned())
-        .with_protected(absolute(policy_path))
-        .with_protected(absolute(audit_path))
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    EvalContext::new(server_cwd)
+        .with_home(home)
+        .with_protected_file(absolute(policy_path))
+        .with_protected_file(absolute(audit_path))
 }
 
 /// Runs one instance on this process's stdin/stdout; returns the exit code for the process.
@@ -147,7 +148,7 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
             .with("command", opts.command.clone())
             .with("policy", policy.name())
             .with("policy_path", policy_path.display().to_string())
-            .with("policy_mode", if engine.enforcing() { "enforce" } else { "monitor" })
+            .with("policy_mode", engine.mode().as_str())
             .with("pid", spawned.child.pid())
             .with("sandbox", serde_json::json!({"enabled": false, "reason": "sandbox layer not built in this version"})),
     )?;

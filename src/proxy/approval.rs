@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 
 use crate::approval::{Answer, ApprovalRequest, Cancel};
 use crate::jsonrpc::{ErrorReply, Message, codes};
+use crate::policy::ApprovalOutcome;
 
 use super::Shared;
-use super::decide::CallOutcome;
+use super::decide::{CallAction, CallOutcome};
 use super::records;
 
 /// Starts the approval of `msg` (already recorded as pending with `cancel`).
@@ -73,40 +74,44 @@ fn conclude(
 ) {
     let Some(id) = msg.id.as_deref() else { return };
     let record = records::approval(sh, id_text, &outcome.tool, &answer, &sh.approver.name());
-    let reply = match &answer {
-        Answer::Approved => None,
-        Answer::Denied(why) => Some(ErrorReply::new(
-            codes::USER_DENIED,
-            "User denied",
-            Some(serde_json::json!({"tool": outcome.tool, "reason": why})),
-        )),
-        Answer::TimedOut | Answer::Unavailable(_) => Some(ErrorReply::new(
-            codes::USER_TIMEOUT,
-            "User approval timeout",
-            Some(serde_json::json!({
-                "tool": outcome.tool,
-                "reason": match &answer {
-                    Answer::Unavailable(why) => why.clone(),
-                    _ => format!("no answer within {} s", sh.cfg.approval_timeout.as_secs()),
-                }
-            })),
-        )),
-        Answer::Cancelled => None,
+    let verdict = match &answer {
+        Answer::Approved => ApprovalOutcome::Approved,
+        Answer::Denied(_) => ApprovalOutcome::Denied,
+        Answer::TimedOut | Answer::Unavailable(_) | Answer::Cancelled => ApprovalOutcome::TimedOut,
     };
-    if answer != Answer::Approved {
-        sh.engine.refund(&outcome.verdict);
-        sh.pending().take_client(id);
-    }
+    // The engine turns the answer into the final verdict (and returns the rate-limit token on
+    // "no" and timeout).
+    let resolved = outcome.resolved(&sh.engine, verdict);
     let mut batch = super::upstream::Batch::default();
     batch.push_record(record);
-    match (answer, reply) {
-        (Answer::Approved, _) => {
+    match (&answer, &resolved.action) {
+        (Answer::Approved, CallAction::Forward) => {
             sh.pending().approval_done(id);
             let arguments = msg.params.as_ref().and_then(|p| p.get("arguments"));
-            super::upstream::forward_checked_call(sh, line, msg, outcome, arguments, &mut batch);
+            super::upstream::forward_checked_call(sh, line, msg, &resolved, arguments, &mut batch);
         }
-        (_, Some(err)) => batch.push_reply(Some(id_text), &err),
-        _ => {}
+        (Answer::Cancelled, _) => {
+            // The client withdrew the call (or the session is ending): nothing to answer.
+            sh.pending().take_client(id);
+        }
+        (_, CallAction::Deny(err)) => {
+            sh.pending().take_client(id);
+            let mut err = err.clone();
+            if let (Answer::Denied(why) | Answer::Unavailable(why), Some(data)) =
+                (&answer, err.data.as_mut().and_then(|d| d.as_object_mut()))
+            {
+                data.insert("reason".into(), why.clone().into());
+            }
+            batch.push_reply(Some(id_text), &err);
+        }
+        _ => {
+            sh.pending().take_client(id);
+            tracing::error!(tool = %outcome.tool, "approval resolved to an unexpected verdict; refusing");
+            batch.push_reply(
+                Some(id_text),
+                &ErrorReply::new(codes::USER_TIMEOUT, "User approval timeout", None),
+            );
+        }
     }
     super::upstream::flush(sh, &mut batch);
 }

@@ -4,7 +4,11 @@
 use serde_json::Value;
 
 use crate::jsonrpc::ErrorReply;
-use crate::policy::{Decision, Engine, ToolVerdict};
+use crate::policy::{ApprovalOutcome, Decision, Denial, Engine, ToolVerdict};
+
+fn reply_of(d: &Denial) -> ErrorReply {
+    ErrorReply::new(d.code, d.message, Some(d.data.clone()))
+}
 
 /// The method gate's answer for one message.
 pub(super) struct MethodOutcome {
@@ -21,10 +25,8 @@ impl MethodOutcome {
         let v = engine.check_method(method);
         MethodOutcome {
             raw: method.to_owned(),
-            denied: v
-                .denial()
-                .map(|d| ErrorReply::new(d.code, d.message.clone(), Some(d.data.clone()))),
-            normalized: v.normalized().to_owned(),
+            denied: v.denial.as_ref().map(reply_of),
+            normalized: v.method,
         }
     }
 }
@@ -45,40 +47,42 @@ pub(super) struct CallOutcome {
     pub failed_arg: Option<String>,
     pub failed_rule: Option<String>,
     pub reason: Option<String>,
+    pub kind: &'static str,
     pub verdict: ToolVerdict,
 }
 
 impl CallOutcome {
     pub fn of(engine: &Engine, tool: &str, arguments: Option<&Value>) -> Self {
-        let v = engine.check_tool_call(tool, arguments);
-        let action = match v.decision() {
+        Self::from_verdict(engine.check_tool_call(tool, arguments))
+    }
+
+    /// The final verdict after a human answered an `ask`.
+    pub fn resolved(&self, engine: &Engine, outcome: ApprovalOutcome) -> Self {
+        Self::from_verdict(engine.resolve_ask(&self.verdict, outcome))
+    }
+
+    fn from_verdict(v: ToolVerdict) -> Self {
+        let action = match v.decision {
             Decision::Allow | Decision::AllowMonitor => CallAction::Forward,
             Decision::Ask => CallAction::Ask,
-            Decision::Block | Decision::RateLimited => match v.denial() {
-                Some(d) => CallAction::Deny(ErrorReply::new(
-                    d.code,
-                    d.message.clone(),
-                    Some(d.data.clone()),
-                )),
-                None => CallAction::Deny(ErrorReply::new(
+            Decision::Block | Decision::RateLimited => CallAction::Deny(match &v.denial {
+                Some(d) => reply_of(d),
+                // A refusal always carries its error; if it ever did not, still refuse.
+                None => ErrorReply::new(
                     crate::jsonrpc::codes::FORBIDDEN,
                     "Forbidden",
-                    Some(serde_json::json!({"tool": v.tool(), "reason": "blocked by policy"})),
-                )),
-            },
+                    Some(serde_json::json!({"tool": v.tool, "reason": "blocked by policy"})),
+                ),
+            }),
         };
         CallOutcome {
-            tool: v.tool().to_owned(),
+            tool: v.tool.clone(),
             audit_decision: v.audit_decision(),
-            violation: v.violation(),
-            failed_arg: v.failed_arg().map(str::to_owned),
-            failed_rule: v.failed_rule().map(str::to_owned),
-            reason: v.denial().and_then(|d| {
-                d.data
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            }),
+            violation: v.violation,
+            failed_arg: v.failed_arg.clone(),
+            failed_rule: v.failed_rule.clone(),
+            reason: (!v.reason.is_empty()).then(|| v.reason.clone()),
+            kind: v.kind.as_str(),
             action,
             verdict: v,
         }

@@ -1,23 +1,20 @@
-//! The proxy's use of the policy's DLP scanner: tool arguments before forwarding (when
-//! `scan_requests`), everything the server sends (result including `structuredContent`, error
-//! message and data, notification and server-request params), redacted copies of arguments for
-//! audit records and approval dialogs, and stderr lines. A changed message is re-serialized from
-//! the value that was scanned, so what goes out is what was checked.
+//! The proxy's use of the policy's DLP scanner: tool arguments before forwarding (the engine's
+//! `scan_request`, when `scan_requests`), everything the server sends (result including
+//! `structuredContent`, error message and data, notification and server-request params),
+//! redacted copies of arguments for audit records and approval dialogs. A changed message is
+//! re-serialized from the value that was scanned, so what goes out is what was checked.
 
 use serde_json::Value;
 
 use crate::audit::Record;
-use crate::jsonrpc::{ErrorReply, Message, codes};
-use crate::policy::{OnRequestMatch, Scope};
+use crate::jsonrpc::{ErrorReply, Message};
+use crate::policy::{Direction as DlpDirection, DlpHit, RequestDlpAction};
 
+use super::decide::CallOutcome;
 use super::{Shared, records};
 
 /// One pattern that matched, and how often.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Hit {
-    pub rule: String,
-    pub count: usize,
-}
+pub(super) type Hit = DlpHit;
 
 /// What request-side DLP decided for a call.
 pub(super) enum RequestScan {
@@ -27,71 +24,69 @@ pub(super) enum RequestScan {
     Block { error: ErrorReply, record: Record },
 }
 
-fn hits_of(raw: Vec<crate::policy::DlpHit>) -> Vec<Hit> {
-    raw.into_iter()
-        .map(|h| Hit {
-            rule: h.rule,
-            count: h.count,
-        })
-        .collect()
-}
-
-pub(super) fn request(sh: &Shared, msg: &Message, arguments: Option<&Value>) -> RequestScan {
-    let Some(dlp) = sh.engine.dlp() else {
-        return RequestScan::Clean;
-    };
+pub(super) fn request(
+    sh: &Shared,
+    msg: &Message,
+    outcome: &CallOutcome,
+    arguments: Option<&Value>,
+) -> RequestScan {
     let Some(args) = arguments else {
         return RequestScan::Clean;
     };
-    if !dlp.scan_requests() {
+    if !sh
+        .engine
+        .dlp()
+        .is_some_and(|d| d.scans(DlpDirection::Request))
+    {
         return RequestScan::Clean;
     }
-    let mut redacted = args.clone();
-    let hits = hits_of(dlp.redact_value(&mut redacted, Scope::Request));
-    if hits.is_empty() {
-        return RequestScan::Clean;
-    }
-    let tool = msg
-        .params
-        .as_ref()
-        .and_then(|p| p.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let mut scanned = args.clone();
+    let result = sh.engine.scan_request(&outcome.verdict, &mut scanned);
     let id_text = msg.id_text();
-    match dlp.on_request_match() {
-        OnRequestMatch::Block => RequestScan::Block {
-            error: ErrorReply::new(
-                codes::FORBIDDEN,
-                "Forbidden",
-                Some(serde_json::json!({
-                    "tool": tool,
-                    "reason": format!("sensitive data ({}) in the arguments", rule_names(&hits)),
-                })),
-            ),
-            record: records::dlp_request(sh, id_text, &tool, &hits, "BLOCKED", false),
+    let tool = outcome.tool.as_str();
+    let record = |action: &str, forwarded: bool| {
+        records::dlp_request(
+            sh,
+            id_text,
+            tool,
+            &result.report.hits,
+            action,
+            forwarded,
+            result.failure_reason,
+        )
+    };
+    match result.action {
+        RequestDlpAction::Forward => RequestScan::Clean,
+        RequestDlpAction::ForwardWarned => RequestScan::Warn {
+            record: record("WARNED", true),
         },
-        OnRequestMatch::Warn => RequestScan::Warn {
-            record: records::dlp_request(sh, id_text, &tool, &hits, "WARNED", true),
+        RequestDlpAction::ForwardOriginal => RequestScan::Warn {
+            record: record("FORWARDED_ORIGINAL", true),
         },
-        OnRequestMatch::Redact => {
+        RequestDlpAction::ForwardRedacted => {
             let mut m = msg.clone();
             if let Some(Value::Object(p)) = m.params.as_mut() {
-                p.insert("arguments".into(), redacted);
+                p.insert("arguments".into(), scanned);
             }
             RequestScan::Redacted {
                 line: serialize(&m),
-                record: records::dlp_request(sh, id_text, &tool, &hits, "REDACTED", true),
+                record: record("REDACTED", true),
             }
         }
+        RequestDlpAction::Block => RequestScan::Block {
+            error: match &result.denial {
+                Some(d) => ErrorReply::new(d.code, d.message, Some(d.data.clone())),
+                None => ErrorReply::new(
+                    crate::jsonrpc::codes::FORBIDDEN,
+                    "Forbidden",
+                    Some(
+                        serde_json::json!({"tool": tool, "reason": "sensitive data in the arguments"}),
+                    ),
+                ),
+            },
+            record: record("BLOCKED", false),
+        },
     }
-}
-
-fn rule_names(hits: &[Hit]) -> String {
-    hits.iter()
-        .map(|h| h.rule.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Redacts the server-originated parts of `msg` in place; returns the hits.
@@ -99,7 +94,7 @@ pub(super) fn scan_response(sh: &Shared, msg: &mut Message) -> Vec<Hit> {
     let Some(dlp) = sh.engine.dlp() else {
         return Vec::new();
     };
-    if !dlp.scan_responses() {
+    if !dlp.scans(DlpDirection::Response) {
         return Vec::new();
     }
     let mut hits: Vec<Hit> = Vec::new();
@@ -107,7 +102,7 @@ pub(super) fn scan_response(sh: &Shared, msg: &mut Message) -> Vec<Hit> {
         .into_iter()
         .flatten()
     {
-        for h in hits_of(dlp.redact_value(part, Scope::Response)) {
+        for h in dlp.redact_value(part, DlpDirection::Response).hits {
             match hits.iter_mut().find(|x| x.rule == h.rule) {
                 Some(x) => x.count += h.count,
                 None => hits.push(h),
@@ -117,28 +112,28 @@ pub(super) fn scan_response(sh: &Shared, msg: &mut Message) -> Vec<Hit> {
     hits
 }
 
-/// A copy of `v` with every DLP pattern (any scope) redacted, for audit records and dialogs.
+/// A copy of `v` with DLP applied, for audit records and dialogs: request patterns when the
+/// policy scans requests, otherwise the response patterns (so secrets known to the policy are
+/// not copied into the audit log verbatim).
 pub(super) fn redacted_copy(sh: &Shared, v: &Value) -> Value {
     let mut copy = v.clone();
     if let Some(dlp) = sh.engine.dlp() {
-        dlp.redact_value(&mut copy, Scope::All);
+        let dir = if dlp.scans(DlpDirection::Request) {
+            DlpDirection::Request
+        } else {
+            DlpDirection::Response
+        };
+        dlp.redact_value(&mut copy, dir);
     }
     copy
 }
 
-/// Redacts a text (stderr, diagnostics) with every pattern.
+/// Redacts a diagnostic text (non-JSON-RPC server output) with the response patterns.
 pub(super) fn redact_text(sh: &Shared, text: &str) -> String {
     match sh.engine.dlp() {
-        Some(dlp) => dlp
-            .redact_str(text, Scope::All)
-            .map(|r| r.0)
-            .unwrap_or_else(|| text.to_owned()),
+        Some(dlp) => dlp.redact_str(text, DlpDirection::Response).0.into_owned(),
         None => text.to_owned(),
     }
-}
-
-pub(super) fn filter_stderr(sh: &Shared) -> bool {
-    sh.engine.dlp().is_some_and(|d| d.filter_stderr())
 }
 
 /// Serializes a message we changed, as one line with its newline. The id is copied as the exact

@@ -89,7 +89,9 @@ fn fail_request(sh: &Shared, id_text: Option<&str>, reason: &str, batch: &mut Ba
     match waiting {
         Some(req) => {
             let err = ErrorReply::standard(codes::INTERNAL_ERROR, reason);
-            batch.forward.extend_from_slice(&err.to_line(Some(&req.id_text)));
+            batch
+                .forward
+                .extend_from_slice(&err.to_line(Some(&req.id_text)));
         }
         None => note_stderr(batch, &format!("aip: {reason}\n")),
     }
@@ -161,9 +163,12 @@ fn handle_response(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
     let hits = dlp::scan_response(sh, &mut msg);
     if !hits.is_empty() {
         changed = true;
-        batch
-            .records
-            .extend(records::dlp_response(sh, msg.id_text(), req.tool.as_deref(), &hits));
+        batch.records.extend(records::dlp_response(
+            sh,
+            msg.id_text(),
+            req.tool.as_deref(),
+            &hits,
+        ));
     }
     if changed {
         batch.forward.extend_from_slice(&dlp::serialize(&msg));
@@ -213,26 +218,33 @@ fn not_jsonrpc(sh: &Shared, line: &[u8], batch: &mut Batch) {
     }
 }
 
-/// Copies the server's stderr to ours, line by line, through the DLP stderr filter when the
-/// policy asks for it (`dlp.filter_stderr`). Bounded: over-long lines are cut, never held whole.
-pub(super) fn stderr_pump(sh: Arc<Shared>, input: Box<dyn Read + Send>) {
-    let mut reader = LineReader::new(input, 64 * 1024);
+/// Copies the server's stderr to ours, through the DLP stderr filter when the policy asks for
+/// it (`dlp.filter_stderr`; the filter reassembles lines across read boundaries and holds at most
+/// one bounded line).
+pub(super) fn stderr_pump(sh: Arc<Shared>, mut input: Box<dyn Read + Send>) {
+    let mut filter = sh.engine.dlp().and_then(|d| d.stderr_filter());
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let text = match reader.next_frame() {
-            Ok(Some(Frame::Line(l))) => String::from_utf8_lossy(l).into_owned(),
-            Ok(Some(Frame::Oversize(o))) => format!(
-                "{}… [aip: {} bytes of one stderr line not shown]",
-                String::from_utf8_lossy(&o.head),
-                o.len.saturating_sub(o.head.len() as u64)
-            ),
-            Ok(None) | Err(_) => break,
+        let n = match input.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
         };
-        let text = if sh.filter_stderr() {
-            dlp::redact_text(sh.as_ref(), &text)
-        } else {
-            text
+        let out = match filter.as_mut() {
+            Some(f) => f.push(&buf[..n]),
+            None => buf[..n].to_vec(),
         };
-        let mut err = sh.stderr.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(err, "{text}").and_then(|()| err.flush());
+        write_stderr(&sh, &out);
     }
+    if let Some(f) = filter.as_mut() {
+        let rest = f.finish();
+        write_stderr(&sh, &rest);
+    }
+}
+
+fn write_stderr(sh: &Shared, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let mut err = sh.stderr.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = err.write_all(bytes).and_then(|()| err.flush());
 }

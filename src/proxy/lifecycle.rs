@@ -59,15 +59,11 @@ impl Shutdown {
         Self::close_if_idle(&mut st, sh)
     }
 
-    pub fn stdin_closed(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stdin_closed
-    }
-
     fn close_if_idle(st: &mut ShutdownState, sh: &Shared) -> bool {
-        if st.requested && !st.stdin_closed && sh.asks.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        if st.requested
+            && !st.stdin_closed
+            && sh.asks.load(std::sync::atomic::Ordering::SeqCst) == 0
+        {
             sh.to_server.close();
             st.stdin_closed = true;
             return true;
@@ -129,7 +125,10 @@ pub(super) fn supervise(
             Ok(ev) => {
                 tracing::debug!(event = ?ev, phase = ?phase, "lifecycle event");
                 match ev {
-                    Event::ClientEof | Event::ClientGone | Event::Signal(_) | Event::ServerInputGone => {
+                    Event::ClientEof
+                    | Event::ClientGone
+                    | Event::Signal(_)
+                    | Event::ServerInputGone => {
                         if let Event::Signal(n) = ev {
                             sh.cancel_approvals();
                             tracing::info!(signal = n, "signal received; shutting the server down");

@@ -26,8 +26,8 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use crate::audit::Direction;
 use crate::approval::Approver;
+pub use crate::audit::Direction;
 use crate::audit::Sink;
 use crate::policy::Engine;
 
@@ -138,7 +138,9 @@ impl SessionHandle {
     /// The `(request id, tool)` of the most recent `tools/call` the server is working on.
     pub fn current_tool_call(&self) -> Option<(String, String)> {
         let guard = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().and_then(|sh| sh.pending().current_tool_call())
+        guard
+            .as_ref()
+            .and_then(|sh| sh.pending().current_tool_call())
     }
 
     /// Sends an event to the session's lifecycle (used by launchers to forward signals).
@@ -208,15 +210,15 @@ impl Shared {
     }
 
     fn enforcing(&self) -> bool {
-        self.engine.enforcing()
+        self.engine.mode() == crate::policy::Mode::Enforce
     }
 
     fn mode_str(&self) -> &'static str {
-        if self.enforcing() { "enforce" } else { "monitor" }
-    }
-
-    fn filter_stderr(&self) -> bool {
-        dlp::filter_stderr(self)
+        if self.enforcing() {
+            "enforce"
+        } else {
+            "monitor"
+        }
     }
 
     /// Wakes every call waiting for a human with a cancellation (the session is ending).
@@ -238,7 +240,12 @@ pub fn run(
 ) -> ServerExit {
     let (tx, rx) = mpsc::channel();
     let sh = Arc::new(Shared {
-        to_server: Output::new("server", streams.server_in, tx.clone(), Event::ServerInputGone),
+        to_server: Output::new(
+            "server",
+            streams.server_in,
+            tx.clone(),
+            Event::ServerInputGone,
+        ),
         to_client: Output::new("client", streams.client_out, tx.clone(), Event::ClientGone),
         stderr: Mutex::new(streams.diagnostics),
         pending: Mutex::new(Pending::new(session.config.max_pending)),
@@ -271,11 +278,17 @@ pub fn run(
     {
         let sh2 = Arc::clone(&sh);
         let input = streams.server_out;
-        threads.push(spawn("aip-downstream", Box::new(move || downstream::pump(sh2, input))));
+        threads.push(spawn(
+            "aip-downstream",
+            Box::new(move || downstream::pump(sh2, input)),
+        ));
     }
     if let Some(err) = streams.server_err {
         let sh2 = Arc::clone(&sh);
-        threads.push(spawn("aip-stderr", Box::new(move || downstream::stderr_pump(sh2, err))));
+        threads.push(spawn(
+            "aip-stderr",
+            Box::new(move || downstream::stderr_pump(sh2, err)),
+        ));
     }
     {
         let tx = tx.clone();

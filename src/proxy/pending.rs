@@ -21,7 +21,6 @@ pub struct ClientRequest {
     pub id_text: String,
     pub method: String,
     pub tool: Option<String>,
-    pub started: Instant,
     /// Set while the call waits for a human; cancelling wakes the approval thread.
     pub approval: Option<Cancel>,
     /// Sequence number (insertion order), to find the most recent tool call.
@@ -86,7 +85,6 @@ impl Pending {
                 id_text: id.get().to_owned(),
                 method: method.to_owned(),
                 tool: tool.map(str::to_owned),
-                started: Instant::now(),
                 approval,
                 seq: self.seq,
             },
@@ -122,7 +120,11 @@ impl Pending {
         self.client
             .values()
             .filter(|r| r.approval.is_none())
-            .filter_map(|r| r.tool.as_ref().map(|t| (r.seq, r.id_text.clone(), t.clone())))
+            .filter_map(|r| {
+                r.tool
+                    .as_ref()
+                    .map(|t| (r.seq, r.id_text.clone(), t.clone()))
+            })
             .max_by_key(|(seq, _, _)| *seq)
             .map(|(_, id, tool)| (id, tool))
     }
@@ -151,10 +153,6 @@ impl Pending {
                 c.cancel();
             }
         }
-    }
-
-    pub fn client_len(&self) -> usize {
-        self.client.len()
     }
 }
 

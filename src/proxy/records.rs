@@ -50,7 +50,14 @@ pub(super) fn method_decision(
     let mut r = base(sh, Direction::Upstream)
         .with("request_id", id_value(id_text))
         .with("method", raw_method)
-        .with("decision", if gate.denied.is_some() { "BLOCK" } else { "ALLOW" })
+        .with(
+            "decision",
+            if gate.denied.is_some() {
+                "BLOCK"
+            } else {
+                "ALLOW"
+            },
+        )
         .with("policy_mode", sh.mode_str())
         .with("violation", gate.denied.is_some());
     if let Some(err) = &gate.denied {
@@ -79,6 +86,7 @@ pub(super) fn call_decision(
         .with_opt("failed_rule", out.failed_rule.clone())
         .with_opt("error_code", out.error_code())
         .with_opt("reason", out.reason.clone())
+        .with("verdict", out.kind)
 }
 
 pub(super) fn rejected(sh: &Shared, id_text: Option<&str>, reason: &str, code: i64) -> Record {
@@ -162,6 +170,7 @@ pub(super) fn dlp_request(
     hits: &[dlp::Hit],
     action: &str,
     forwarded: bool,
+    failure_reason: Option<&str>,
 ) -> Record {
     let rules: Vec<&str> = hits.iter().map(|h| h.rule.as_str()).collect();
     let count: usize = hits.iter().map(|h| h.count).sum();
@@ -172,6 +181,7 @@ pub(super) fn dlp_request(
         .with("redaction_count", count)
         .with("dlp_action", action)
         .with("forwarded", forwarded)
+        .with_opt("failure_reason", failure_reason)
 }
 
 pub(super) fn tool_definition_changed(sh: &Shared, tool: &str, old: &str, new: &str) -> Record {

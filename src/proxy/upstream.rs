@@ -79,8 +79,16 @@ pub(super) fn pump(sh: Arc<Shared>, input: Box<dyn Read + Send>) {
                     "message of {} bytes exceeds the limit of {} bytes (--max-message-bytes)",
                     over.len, sh.cfg.max_message_bytes
                 );
-                batch.records.push(records::rejected(&sh, id.as_deref(), &reason, codes::INVALID_REQUEST));
-                batch.reply(id.as_deref(), &ErrorReply::standard(codes::INVALID_REQUEST, reason));
+                batch.records.push(records::rejected(
+                    &sh,
+                    id.as_deref(),
+                    &reason,
+                    codes::INVALID_REQUEST,
+                ));
+                batch.reply(
+                    id.as_deref(),
+                    &ErrorReply::standard(codes::INVALID_REQUEST, reason),
+                );
             }
         }
         if !reader.has_buffered_line() {
@@ -169,7 +177,9 @@ fn reject_unparsed(sh: &Shared, line: &[u8], code: i64, reason: &str, batch: &mu
         .and_then(Value::as_object)
         .is_some_and(|m| m.contains_key("method") && !m.contains_key("id"));
     let id = crate::jsonrpc::recover_id(line, line);
-    batch.records.push(records::rejected(sh, id.as_deref(), reason, code));
+    batch
+        .records
+        .push(records::rejected(sh, id.as_deref(), reason, code));
     if !is_notification {
         batch.reply(id.as_deref(), &ErrorReply::standard(code, reason));
     }
@@ -194,7 +204,9 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], msg: Message, batch: &mut Batch) {
         "notifications/cancelled" => {
             if cancel_waiting_approval(sh, msg.params.as_ref()) {
                 // The server never saw the request: the cancellation ends at the proxy.
-                batch.records.push(records::method_decision(sh, id_text, raw_method, &gate));
+                batch
+                    .records
+                    .push(records::method_decision(sh, id_text, raw_method, &gate));
                 return;
             }
         }
@@ -244,7 +256,13 @@ fn cancel_waiting_approval(sh: &Shared, params: Option<&Value>) -> bool {
     waiting.is_some()
 }
 
-fn handle_tool_call(sh: &Arc<Shared>, line: &[u8], msg: &Message, gate: &MethodOutcome, batch: &mut Batch) {
+fn handle_tool_call(
+    sh: &Arc<Shared>,
+    line: &[u8],
+    msg: &Message,
+    gate: &MethodOutcome,
+    batch: &mut Batch,
+) {
     let id_text = msg.id_text();
     let Some(id) = msg.id.as_deref() else {
         // A tools/call without an id would run on the server with nobody told: never forward.
@@ -261,44 +279,56 @@ fn handle_tool_call(sh: &Arc<Shared>, line: &[u8], msg: &Message, gate: &MethodO
     let arguments = params.and_then(|p| p.get("arguments"));
     let (Some(name), true) = (name, arguments.is_none_or(Value::is_object)) else {
         let reason = "tools/call needs params {\"name\": string, \"arguments\"?: object}";
-        batch
-            .records
-            .push(records::rejected(sh, id_text, reason, codes::INVALID_PARAMS));
-        batch.reply(id_text, &ErrorReply::standard(codes::INVALID_PARAMS, reason));
+        batch.records.push(records::rejected(
+            sh,
+            id_text,
+            reason,
+            codes::INVALID_PARAMS,
+        ));
+        batch.reply(
+            id_text,
+            &ErrorReply::standard(codes::INVALID_PARAMS, reason),
+        );
         return;
     };
     let outcome = CallOutcome::of(&sh.engine, name, arguments);
     match outcome.action {
         super::decide::CallAction::Deny(ref err) => {
-            batch
-                .records
-                .push(records::call_decision(sh, id_text, &gate.raw, &outcome, arguments));
+            batch.records.push(records::call_decision(
+                sh, id_text, &gate.raw, &outcome, arguments,
+            ));
             batch.reply(id_text, err);
         }
         super::decide::CallAction::Forward => {
-            if let Err(why) = sh.pending().insert_client(id, "tools/call", Some(&outcome.tool), None) {
+            if let Err(why) =
+                sh.pending()
+                    .insert_client(id, "tools/call", Some(&outcome.tool), None)
+            {
                 sh.engine.refund(&outcome.verdict);
                 batch.reply(id_text, &refused_error(why));
                 return;
             }
-            batch
-                .records
-                .push(records::call_decision(sh, id_text, &gate.raw, &outcome, arguments));
+            batch.records.push(records::call_decision(
+                sh, id_text, &gate.raw, &outcome, arguments,
+            ));
             forward_checked_call(sh, line, msg, &outcome, arguments, batch);
         }
         super::decide::CallAction::Ask => {
             let cancel = crate::approval::Cancel::new();
-            let reserved = sh
-                .pending()
-                .insert_client(id, "tools/call", Some(&outcome.tool), Some(cancel.clone()));
+            let reserved = sh.pending().insert_client(
+                id,
+                "tools/call",
+                Some(&outcome.tool),
+                Some(cancel.clone()),
+            );
             if let Err(why) = reserved {
                 sh.engine.refund(&outcome.verdict);
                 batch.reply(id_text, &refused_error(why));
                 return;
             }
-            batch
-                .records
-                .push(records::call_decision(sh, id_text, &gate.raw, &outcome, arguments));
+            batch.records.push(records::call_decision(
+                sh, id_text, &gate.raw, &outcome, arguments,
+            ));
             // The approval thread audits its answer and forwards or replies on its own; flush
             // what came before so the order of records stays the order of events.
             flush(sh, batch);
@@ -318,7 +348,7 @@ pub(super) fn forward_checked_call(
     batch: &mut Batch,
 ) {
     let id_text = msg.id_text();
-    match super::dlp::request(sh, msg, arguments) {
+    match super::dlp::request(sh, msg, outcome, arguments) {
         super::dlp::RequestScan::Clean => batch.forward(line, id_text),
         super::dlp::RequestScan::Redacted { line: new, record } => {
             batch.records.push(record);

@@ -84,7 +84,10 @@ fn allowed_call_is_forwarded_byte_for_byte_and_answered() {
     assert_eq!(reply["result"]["content"][0]["text"], r#"{"text":"hi"}"#);
     assert_eq!(r.received_raw(), format!("{line}\n"));
     let recs = audit_records(&r.audit());
-    let rec = recs.iter().find(|x| x["tool"] == "echo").expect("decision record");
+    let rec = recs
+        .iter()
+        .find(|x| x["tool"] == "echo")
+        .expect("decision record");
     assert_eq!(rec["decision"], "ALLOW");
     assert_eq!(rec["direction"], "upstream");
     assert_eq!(rec["request_id"], 1);
@@ -100,24 +103,47 @@ fn blocked_tool_gets_forbidden_with_the_request_id_and_is_never_forwarded() {
         json!({"jsonrpc":"2.0","id":123,"error":{"code":-32001,"message":"Forbidden",
                "data":{"tool":"any_tool","reason":"Tool not in allowed_tools list"}}})
     );
-    let reply = r.drv.call(&call(json!("abc-123"), "delete_file", json!({"path":"/tmp/x"})));
+    let reply = r.drv.call(&call(
+        json!("abc-123"),
+        "delete_file",
+        json!({"path":"/tmp/x"}),
+    ));
     assert_eq!(reply["id"], "abc-123");
     assert_eq!(reply["error"]["code"], -32001);
     r.drv.call(&call(json!(3), "echo", json!({})));
-    let got: Vec<String> = r.received().iter().map(|m| m["params"]["name"].as_str().unwrap().to_owned()).collect();
+    let got: Vec<String> = r
+        .received()
+        .iter()
+        .map(|m| m["params"]["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(got, ["echo"]);
 }
 
 #[test]
 fn argument_and_protected_path_violations_do_not_reveal_the_rule() {
     let mut r = start(&[]);
-    let reply = r.drv.call(&call(json!(1), "read_file", json!({"path":"/etc/passwd"})));
+    let reply = r
+        .drv
+        .call(&call(json!(1), "read_file", json!({"path":"/etc/passwd"})));
     assert_eq!(reply["error"]["code"], -32001);
-    assert!(!reply.to_string().contains("^/tmp/"), "regex leaked: {reply}");
-    let reply = r.drv.call(&call(json!(2), "read_file", json!({"path":"/tmp/../home/u/.ssh/id_rsa"})));
-    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert!(
+        !reply.to_string().contains("^/tmp/"),
+        "regex leaked: {reply}"
+    );
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let reply = r.drv.call(&call(json!(3), "echo", json!({"text": format!("cat {home}/.ssh/id_rsa")})));
+    // The argument regex sees the raw string (it matches "^/tmp/"); the protected path sees the
+    // cleaned path, so `..` does not get past it.
+    let reply = r.drv.call(&call(
+        json!(2),
+        "read_file",
+        json!({"path": format!("/tmp/..{home}/.ssh//id_rsa")}),
+    ));
+    assert_eq!(reply["error"]["code"], -32007, "{reply}");
+    let reply = r.drv.call(&call(
+        json!(3),
+        "echo",
+        json!({"text": format!("cat {home}/.ssh/id_rsa")}),
+    ));
     assert_eq!(reply["error"]["code"], -32007, "{reply}");
     assert!(r.received().is_empty());
     let recs = audit_records(&r.audit());
@@ -132,19 +158,36 @@ fn method_gate_blocks_requests_and_drops_notifications() {
     let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"file:///etc/passwd"}}"#);
     assert_eq!(reply["error"]["code"], -32006);
     assert_eq!(reply["error"]["data"]["method"], "resources/read");
-    r.drv.send(r#"{"jsonrpc":"2.0","method":"notifications/resources/secret"}"#);
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/resources/secret"}"#);
     r.drv.expect_silence(Duration::from_millis(300));
     // Both eras' handshakes pass with the default method list.
     let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#);
     assert_eq!(reply["result"]["protocolVersion"], "2025-11-25");
     let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":7,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#);
     assert_eq!(reply["result"]["resultType"], "complete");
-    r.drv.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
     r.drv.call(r#"{"jsonrpc":"2.0","id":8,"method":"ping"}"#);
-    let methods: Vec<String> = r.received().iter().map(|m| m["method"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(methods, ["initialize", "server/discover", "notifications/initialized", "ping"]);
+    let methods: Vec<String> = r
+        .received()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "initialize",
+            "server/discover",
+            "notifications/initialized",
+            "ping"
+        ]
+    );
     let recs = audit_records(&r.audit());
-    assert!(recs.iter().any(|x| x["method"] == "notifications/resources/secret" && x["decision"] == "BLOCK"));
+    assert!(
+        recs.iter()
+            .any(|x| x["method"] == "notifications/resources/secret" && x["decision"] == "BLOCK")
+    );
 }
 
 #[test]
@@ -152,13 +195,41 @@ fn ambiguous_or_malformed_input_is_rejected_and_never_forwarded() {
     let mut r = start(&[]);
     let cases: &[(&str, i64, Value)] = &[
         ("{not json", -32700, Value::Null),
-        (r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}]"#, -32600, Value::Null),
-        (r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","method":"tools/call","params":{"name":"echo"}}"#, -32600, json!(2)),
-        (r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","name":"delete_file"}}"#, -32600, json!(3)),
-        (r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","Name":"delete_file"}}"#, -32600, json!(4)),
-        (r#"{"jsonrpc":"2.0","id":5,"Method":"tools/call","method":"ping"}"#, -32600, json!(5)),
-        (r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a","text":"b"}}}"#, -32600, json!(6)),
-        (r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":"x"}}"#, -32602, json!(7)),
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}]"#,
+            -32600,
+            Value::Null,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","method":"tools/call","params":{"name":"echo"}}"#,
+            -32600,
+            json!(2),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","name":"delete_file"}}"#,
+            -32600,
+            json!(3),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","Name":"delete_file"}}"#,
+            -32600,
+            json!(4),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"Method":"tools/call","method":"ping"}"#,
+            -32600,
+            json!(5),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a","text":"b"}}}"#,
+            -32600,
+            json!(6),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":"x"}}"#,
+            -32602,
+            json!(7),
+        ),
     ];
     for (line, code, id) in cases {
         r.drv.send(line);
@@ -167,7 +238,8 @@ fn ambiguous_or_malformed_input_is_rejected_and_never_forwarded() {
         assert_eq!(reply["id"], *id, "{line} -> {reply}");
     }
     // A tools/call without an id would run unanswered: dropped, audited, no reply.
-    r.drv.send(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo"}}"#);
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo"}}"#);
     r.drv.expect_silence(Duration::from_millis(300));
     assert!(r.received().is_empty(), "forwarded: {}", r.received_raw());
 }
@@ -181,24 +253,37 @@ fn oversized_lines_get_an_error_and_the_session_goes_on() {
     assert_eq!(reply["error"]["code"], -32600);
     assert_eq!(reply["id"], 9);
     // The server's reply to big_output is over the limit too: an error for that request.
-    let reply = r.drv.call(&call(json!(10), "big_output", json!({"bytes": 20_000})));
+    let reply = r
+        .drv
+        .call(&call(json!(10), "big_output", json!({"bytes": 20_000})));
     assert_eq!(reply["error"]["code"], -32603, "{reply}");
-    let reply = r.drv.call(&call(json!(11), "echo", json!({"text":"small"})));
+    let reply = r
+        .drv
+        .call(&call(json!(11), "echo", json!({"text":"small"})));
     assert!(reply["result"].is_object());
 }
 
 #[test]
 fn tools_list_hides_blocked_tools() {
     let mut r = start(&[]);
-    let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
-    let names: Vec<&str> = reply["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let reply = r
+        .drv
+        .call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let names: Vec<&str> = reply["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"echo"));
     assert!(names.contains(&"read_file"), "allowed with argument rules");
     assert!(names.contains(&"write_file"), "ask is callable");
     assert!(!names.contains(&"delete_file"));
     assert!(!names.contains(&"run_command"));
     let mut r = start(&["--no-filter-tools-list"]);
-    let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let reply = r
+        .drv
+        .call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
     assert_eq!(reply["result"]["tools"].as_array().unwrap().len(), 14);
 }
 
@@ -210,7 +295,10 @@ fn dlp_redacts_responses_notifications_and_structured_content() {
         reply["result"]["content"][0]["text"],
         "key [REDACTED:AWS Key] for [REDACTED:Email]"
     );
-    assert_eq!(reply["result"]["structuredContent"]["token"], "[REDACTED:GitHub Token]");
+    assert_eq!(
+        reply["result"]["structuredContent"]["token"],
+        "[REDACTED:GitHub Token]"
+    );
     assert_eq!(reply["result"]["structuredContent"]["count"], 3);
     r.drv.send(&call(json!(2), "notify", json!({})));
     let mut saw_log = false;
@@ -226,7 +314,10 @@ fn dlp_redacts_responses_notifications_and_structured_content() {
     }
     assert!(saw_log);
     let recs = audit_records(&r.audit());
-    assert!(recs.iter().any(|x| x["event"] == "DLP_TRIGGERED" && x["dlp_rule"] == "AWS Key"));
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "DLP_TRIGGERED" && x["dlp_rule"] == "AWS Key")
+    );
 }
 
 #[test]
@@ -234,7 +325,11 @@ fn non_jsonrpc_server_output_goes_to_stderr_not_to_the_client() {
     let mut r = start(&[]);
     let reply = r.drv.call(&call(json!(1), "print_garbage", json!({})));
     assert_eq!(reply["result"]["content"][0]["text"], "printed");
-    assert!(r.drv.wait_stderr("this is not JSON-RPC", Duration::from_secs(5)).is_some());
+    assert!(
+        r.drv
+            .wait_stderr("this is not JSON-RPC", Duration::from_secs(5))
+            .is_some()
+    );
 }
 
 #[test]
@@ -254,7 +349,11 @@ fn last_line_without_newline_is_delivered_and_exit_code_passes_through() {
 
 #[test]
 fn client_eof_shuts_down_even_a_server_that_ignores_it() {
-    let mut r = start_with(&data("policies/proxy.yaml"), &["--shutdown-grace", "0"], &["--ignore-sigterm"]);
+    let mut r = start_with(
+        &data("policies/proxy.yaml"),
+        &["--shutdown-grace", "0"],
+        &["--ignore-sigterm"],
+    );
     r.drv.call(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
     r.drv.close_stdin();
     let st = r.drv.wait(Duration::from_secs(15));
@@ -264,7 +363,11 @@ fn client_eof_shuts_down_even_a_server_that_ignores_it() {
 
 #[test]
 fn sigterm_to_the_proxy_ends_the_session() {
-    let mut r = start_with(&data("policies/proxy.yaml"), &["--shutdown-grace", "0"], &["--ignore-eof"]);
+    let mut r = start_with(
+        &data("policies/proxy.yaml"),
+        &["--shutdown-grace", "0"],
+        &["--ignore-eof"],
+    );
     r.drv.call(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
     let pid = nix::unistd::Pid::from_raw(r.drv.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -276,38 +379,92 @@ fn sigterm_to_the_proxy_ends_the_session() {
 fn asks_are_answered_without_stalling_other_traffic() {
     // Nobody to ask: -32005 after the timeout, and pings keep flowing meanwhile.
     let mut r = start(&["--approver", "none", "--approval-timeout", "1"]);
-    r.drv.send(&call(json!(1), "write_file", json!({"path":"/tmp/a","content":"x"})));
+    r.drv.send(&call(
+        json!(1),
+        "write_file",
+        json!({"path":"/tmp/a","content":"x"}),
+    ));
     let reply = r.drv.recv();
     assert_eq!(reply["error"]["code"], -32005, "{reply}");
 
     let mut r = start(&["--approver", "deny"]);
-    let reply = r.drv.call(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
+    let reply = r
+        .drv
+        .call(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
     assert_eq!(reply["error"]["code"], -32004);
     assert_eq!(reply["error"]["message"], "User denied");
 
     let mut r = start(&["--approver", "approve"]);
-    let reply = r.drv.call(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
+    let reply = r
+        .drv
+        .call(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
     assert!(reply["result"].is_object(), "{reply}");
     assert_eq!(r.received().len(), 1);
 }
 
+/// A stand-in for zenity that records that it ran and never answers (a human who is away).
+fn slow_dialog(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let p = bin.join("zenity");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\ntouch {}/asked\nexec sleep 60\n", dir.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
 #[test]
 fn a_waiting_ask_does_not_block_pings_and_can_be_cancelled() {
-    let mut r = start(&["--approver", "none", "--approval-timeout", "30"]);
-    r.drv.send(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
+    let dir = tempfile::tempdir().unwrap();
+    let bin = slow_dialog(dir.path());
+    let mut cmd = Command::new(aip_bin());
+    cmd.args([
+        "run",
+        "--no-sandbox",
+        "--approver",
+        "desktop",
+        "--approval-timeout",
+        "30",
+        "--policy",
+    ])
+    .arg(data("policies/proxy.yaml"))
+    .arg("--audit")
+    .arg(dir.path().join("audit.jsonl"))
+    .arg("--")
+    .arg(mock_server())
+    .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+    .env("DISPLAY", ":99")
+    .env("AIP_MOCK_LOG", dir.path().join("server.jsonl"));
+    let mut drv = Driver::spawn(cmd);
+    drv.send(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
+    wait_for("the dialog", || dir.path().join("asked").exists());
     let t0 = Instant::now();
-    let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    let reply = drv.call(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
     assert!(reply["result"].is_object());
     assert!(t0.elapsed() < Duration::from_secs(5));
-    r.drv.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"reason":"user"}}"#);
-    r.drv.expect_silence(Duration::from_millis(500));
-    let recs = audit_records(&r.audit());
+    drv.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"reason":"user"}}"#);
+    drv.expect_silence(Duration::from_millis(500));
+    let audit = dir.path().join("audit.jsonl");
     wait_for("cancel audit", || {
-        audit_records(&r.audit()).iter().any(|x| x["event"] == "APPROVAL" && x["approval"] == "CANCELLED")
+        audit_records(&audit)
+            .iter()
+            .any(|x| x["event"] == "APPROVAL" && x["approval"] == "CANCELLED")
     });
-    assert!(!recs.is_empty());
     // Neither the call nor the cancellation reached the server.
-    let methods: Vec<String> = r.received().iter().map(|m| m["method"].as_str().unwrap().to_owned()).collect();
+    let received = std::fs::read_to_string(dir.path().join("server.jsonl")).unwrap();
+    let methods: Vec<String> = received
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["method"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
     assert_eq!(methods, ["ping"]);
 }
 
@@ -318,30 +475,86 @@ fn server_requests_and_client_answers_pass_but_stray_answers_do_not() {
     let req = r.drv.recv();
     assert_eq!(req["method"], "sampling/createMessage");
     // A stray answer to an id the server never asked about is dropped.
-    r.drv.send(r#"{"jsonrpc":"2.0","id":"srv-999","result":{"bogus":true}}"#);
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","id":"srv-999","result":{"bogus":true}}"#);
     let answer = json!({"jsonrpc":"2.0","id":req["id"],"result":{"role":"assistant","content":{"type":"text","text":"ok"}}});
     r.drv.send(&answer.to_string());
     let reply = r.drv.recv();
     assert_eq!(reply["id"], 1);
-    assert!(reply["result"]["content"][0]["text"].as_str().unwrap().contains("assistant"));
+    assert!(
+        reply["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("assistant")
+    );
     assert!(!r.received_raw().contains("bogus"));
 }
 
 #[test]
-fn audit_failure_blocks_the_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(aip_bin());
-    cmd.args(["run", "--no-sandbox", "--policy"])
+fn an_unwritable_audit_log_stops_the_start() {
+    let out = Command::new(aip_bin())
+        .args(["run", "--no-sandbox", "--policy"])
         .arg(data("policies/proxy.yaml"))
         .args(["--audit", "/dev/full", "--"])
         .arg(mock_server())
-        .env("AIP_MOCK_LOG", dir.path().join("log"));
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit"), "{err}");
+}
+
+#[test]
+fn a_full_disk_blocks_calls_instead_of_forwarding_them_unaudited() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut cmd = Command::new(aip_bin());
+    cmd.args(["run", "--no-sandbox", "--policy"])
+        .arg(data("policies/proxy.yaml"))
+        .arg("--audit")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--")
+        .arg(mock_server())
+        .env("AIP_MOCK_LOG", &log);
+    // A file-size limit makes the audit file "full" after a few records (EFBIG), the way a full
+    // disk would; SIGXFSZ is ignored so the write fails instead of killing the proxy.
+    #[allow(unsafe_code)]
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1500,
+                rlim_max: 1500,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
     let mut drv = Driver::spawn(cmd);
-    drv.send(&call(json!(1), "echo", json!({})));
-    let reply = drv.recv();
+    let mut blocked = None;
+    for i in 0..40 {
+        let reply = drv.call(&call(json!(i), "echo", json!({"text": "x".repeat(100)})));
+        if reply.get("error").is_some() {
+            blocked = Some((i, reply));
+            break;
+        }
+    }
+    let (i, reply) = blocked.expect("a call was blocked once the audit log was full");
     assert_eq!(reply["error"]["code"], -32603, "{reply}");
-    assert!(reply["error"]["data"]["reason"].as_str().unwrap().contains("audit"));
-    assert!(!dir.path().join("log").exists() || std::fs::read_to_string(dir.path().join("log")).unwrap().is_empty());
+    assert!(
+        reply["error"]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("audit")
+    );
+    // Every call the server received was audited; the blocked one never reached it.
+    let received = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(received.lines().count() as u64, i);
 }
 
 #[test]
@@ -356,7 +569,9 @@ fn audit_file_is_private() {
 #[test]
 fn monitor_mode_forwards_violations_and_records_them() {
     let mut r = start_with(&data("policies/monitor.yaml"), &[], &[]);
-    let reply = r.drv.call(&call(json!(1), "delete_file", json!({"path":"/tmp/x"})));
+    let reply = r
+        .drv
+        .call(&call(json!(1), "delete_file", json!({"path":"/tmp/x"})));
     assert!(reply["result"].is_object(), "{reply}");
     let recs = audit_records(&r.audit());
     let rec = recs.iter().find(|x| x["tool"] == "delete_file").unwrap();
@@ -417,13 +632,33 @@ fn drop_in_flags_split_target_like_a_shell() {
 
     let out = Command::new(aip_bin())
         .current_dir(dir.path())
-        .args(["--policy", "p.yaml", "--target", "npx server --flag", "--generate-cursor-config"])
+        .args([
+            "--policy",
+            "p.yaml",
+            "--target",
+            "npx server --flag",
+            "--generate-cursor-config",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let entry = cfg["mcpServers"].as_object().unwrap().values().next().unwrap();
-    let args: Vec<&str> = entry["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let entry = cfg["mcpServers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
+    let args: Vec<&str> = entry["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     let canon = dir.path().canonicalize().unwrap();
     assert!(Path::new(entry["command"].as_str().unwrap()).is_absolute());
     assert_eq!(args[0], "--policy");

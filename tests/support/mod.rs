@@ -76,7 +76,7 @@ impl Driver {
         let mut child = cmd.spawn().expect("spawn");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
+        let err_pipe = child.stderr.take().expect("stderr");
         let (tx, lines) = channel();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
@@ -95,7 +95,7 @@ impl Driver {
         });
         let (etx, stderr) = channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
+            for line in BufReader::new(err_pipe).lines() {
                 let Ok(line) = line else { break };
                 if etx.send(line).is_err() {
                     break;
@@ -127,7 +127,9 @@ impl Driver {
 
     /// The next stdout line as JSON, waiting up to 10 s.
     pub fn recv(&self) -> Value {
-        let line = self.recv_line(Duration::from_secs(10)).expect("a reply line");
+        let line = self
+            .recv_line(Duration::from_secs(10))
+            .expect("a reply line");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
     }
 
