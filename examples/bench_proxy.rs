@@ -6,6 +6,14 @@
 //! child after a handshake, then its peak RSS (VmHWM) after sending one line of BYTES bytes,
 //! in KiB. CMD is either the mock server itself or `aip run … -- mock`.
 
+// A test and benchmark tool, not product code: failing loudly on a broken pipe is what we want.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};

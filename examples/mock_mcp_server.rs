@@ -17,6 +17,14 @@
 //! `--ignore-sigterm` additionally ignores SIGTERM (to test SIGKILL), `--no-final-newline`
 //! writes the reply to the first request without a trailing newline and exits.
 
+// A test and benchmark tool, not product code: failing loudly on a broken pipe is what we want.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
@@ -123,12 +131,13 @@ impl Server {
                     if input.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["id"] == json!(sid) && v.get("method").is_none() {
-                            let answer = v.get("result").cloned().unwrap_or(Value::Null);
-                            self.reply(id, text_result(answer.to_string()));
-                            return;
-                        }
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["id"] == json!(sid)
+                        && v.get("method").is_none()
+                    {
+                        let answer = v.get("result").cloned().unwrap_or(Value::Null);
+                        self.reply(id, text_result(answer.to_string()));
+                        return;
                     }
                 }
             }

@@ -153,12 +153,13 @@ fn handle_response(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
         return;
     };
     let mut changed = false;
-    if req.method == "tools/list" && msg.kind == Kind::Response {
-        if let Some(result) = msg.result.as_mut() {
-            let report = tools::on_tools_list(sh, result);
-            changed |= report.changed;
-            batch.records.extend(report.records);
-        }
+    if req.method == "tools/list"
+        && msg.kind == Kind::Response
+        && let Some(result) = msg.result.as_mut()
+    {
+        let report = tools::on_tools_list(sh, result);
+        changed |= report.changed;
+        batch.records.extend(report.records);
     }
     let hits = dlp::scan_response(sh, &mut msg);
     if !hits.is_empty() {

@@ -99,12 +99,12 @@ pub(super) fn supervise(
         if let (Some(status), true) = (exited, stdout_done) {
             return status;
         }
-        if let (Some(_), Some(at)) = (exited, exit_seen_at) {
-            if at.elapsed() >= sh.cfg.drain_timeout {
-                tracing::warn!("server exited but its stdout stayed open; stopping the drain");
-                server.kill();
-                return exited.unwrap_or(ServerExit::Code(1));
-            }
+        if let (Some(status), Some(at)) = (exited, exit_seen_at)
+            && at.elapsed() >= sh.cfg.drain_timeout
+        {
+            tracing::warn!("server exited but its stdout stayed open; stopping the drain");
+            server.kill();
+            return status;
         }
         if phase == Phase::Closing && sh.shutdown.poll(sh) {
             phase = Phase::Draining(Instant::now());

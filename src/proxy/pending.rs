@@ -46,10 +46,10 @@ pub struct Pending {
 /// `"a"` and `"\u0061"` are the same request.
 pub fn id_key(id: &RawValue) -> String {
     let text = id.get().trim();
-    if text.starts_with('"') {
-        if let Ok(Value::String(s)) = serde_json::from_str::<Value>(text) {
-            return format!("s:{s}");
-        }
+    if text.starts_with('"')
+        && let Ok(Value::String(s)) = serde_json::from_str::<Value>(text)
+    {
+        return format!("s:{s}");
     }
     format!("n:{text}")
 }

@@ -50,12 +50,12 @@ pub(super) fn on_tools_list(sh: &Shared, result: &mut Value) -> ListReport {
                 continue;
             };
             let hash = definition_hash(tool);
-            if let Some(old) = cache.hashes.insert(name.to_owned(), hash.clone()) {
-                if old != hash {
-                    report
-                        .records
-                        .push(records::tool_definition_changed(sh, name, &old, &hash));
-                }
+            if let Some(old) = cache.hashes.insert(name.to_owned(), hash.clone())
+                && old != hash
+            {
+                report
+                    .records
+                    .push(records::tool_definition_changed(sh, name, &old, &hash));
             }
         }
     }

@@ -103,15 +103,15 @@ pub(super) fn flush(sh: &Shared, batch: &mut Batch) {
     if batch.is_empty() {
         return;
     }
-    if !batch.records.is_empty() {
-        if let Err(e) = sh.audit.write_batch(&batch.records) {
-            tracing::error!(error = %e, "audit log unavailable: blocking the calls it should record");
-            let err = ErrorReply::standard(
-                codes::INTERNAL_ERROR,
-                format!("the audit log cannot be written ({e}); the call was blocked"),
-            );
-            fail_forwarded(sh, batch, &err);
-        }
+    if !batch.records.is_empty()
+        && let Err(e) = sh.audit.write_batch(&batch.records)
+    {
+        tracing::error!(error = %e, "audit log unavailable: blocking the calls it should record");
+        let err = ErrorReply::standard(
+            codes::INTERNAL_ERROR,
+            format!("the audit log cannot be written ({e}); the call was blocked"),
+        );
+        fail_forwarded(sh, batch, &err);
     }
     if !batch.forward.is_empty() && sh.to_server.write(&batch.forward).is_err() {
         let err = ErrorReply::standard(
@@ -201,25 +201,23 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], msg: Message, batch: &mut Batch) {
     }
     match gate.normalized.as_str() {
         "tools/call" => return handle_tool_call(sh, line, &msg, &gate, batch),
-        "notifications/cancelled" => {
-            if cancel_waiting_approval(sh, msg.params.as_ref()) {
-                // The server never saw the request: the cancellation ends at the proxy.
-                batch
-                    .records
-                    .push(records::method_decision(sh, id_text, raw_method, &gate));
-                return;
-            }
+        // The server never saw a call still waiting for a human: its cancellation ends here.
+        "notifications/cancelled" if cancel_waiting_approval(sh, msg.params.as_ref()) => {
+            batch
+                .records
+                .push(records::method_decision(sh, id_text, raw_method, &gate));
+            return;
         }
         _ => {}
     }
     batch
         .records
         .push(records::method_decision(sh, id_text, raw_method, &gate));
-    if let Some(id) = id {
-        if let Err(why) = sh.pending().insert_client(id, &gate.normalized, None, None) {
-            batch.reply(id_text, &refused_error(why));
-            return;
-        }
+    if let Some(id) = id
+        && let Err(why) = sh.pending().insert_client(id, &gate.normalized, None, None)
+    {
+        batch.reply(id_text, &refused_error(why));
+        return;
     }
     batch.forward(line, id_text);
 }

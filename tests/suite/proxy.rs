@@ -520,20 +520,25 @@ fn a_full_disk_blocks_calls_instead_of_forwarding_them_unaudited() {
         .env("AIP_MOCK_LOG", &log);
     // A file-size limit makes the audit file "full" after a few records (EFBIG), the way a full
     // disk would; SIGXFSZ is ignored so the write fails instead of killing the proxy.
+    let limit_file_size = || -> std::io::Result<()> {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, 1500, 1500)?;
+        let ignore = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::SigIgn,
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        #[allow(unsafe_code)]
+        // SAFETY: installing SIG_IGN runs no handler code.
+        unsafe {
+            nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGXFSZ, &ignore)?;
+        }
+        Ok(())
+    };
     #[allow(unsafe_code)]
-    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (setrlimit, sigaction) without allocating.
     unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 1500,
-                rlim_max: 1500,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            Ok(())
-        });
+        cmd.pre_exec(limit_file_size);
     }
     let mut drv = Driver::spawn(cmd);
     let mut blocked = None;
