@@ -251,20 +251,22 @@ fn keys_that_are_plain_words_are_not_paths() {
     assert!(blocked(&p, json!({"./secrets": "x"})).is_some());
 }
 
-#[test]
-fn dotdot_after_a_symlink_is_resolved_as_the_kernel_does() {
+/// A temporary directory holding a protected `secret/` (with `sub/` and `key`), and the
+/// resolving matcher for it, with the cwd at the directory.
+fn secret_dir() -> (tempfile::TempDir, PathBuf, ProtectedPaths) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::create_dir_all(secret.join("sub")).unwrap();
     std::fs::write(secret.join("key"), "k").unwrap();
+    let entry = secret.to_string_lossy().into_owned();
+    let p = ProtectedPaths::new(&[entry], &[], None, dir.path(), true);
+    (dir, secret, p)
+}
+
+#[test]
+fn dotdot_after_a_symlink_is_resolved_as_the_kernel_does() {
+    let (dir, secret, p) = secret_dir();
     std::os::unix::fs::symlink(secret.join("sub"), dir.path().join("link")).unwrap();
-    let p = ProtectedPaths::new(
-        &[secret.to_string_lossy().into_owned()],
-        &[],
-        None,
-        dir.path(),
-        true,
-    );
     // Lexically `link/../key` is `<dir>/key`; the kernel opens `<dir>/secret/key`.
     assert!(p.scan(&json!({"p": "link/../key"})).is_some());
     assert!(p.scan(&json!({"p": "link/../missing/../key"})).is_some());
@@ -272,17 +274,8 @@ fn dotdot_after_a_symlink_is_resolved_as_the_kernel_does() {
 
 #[test]
 fn dangling_symlinks_into_a_protected_directory_are_caught() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::create_dir(&secret).unwrap();
+    let (dir, secret, p) = secret_dir();
     std::os::unix::fs::symlink(secret.join("not-yet"), dir.path().join("innocent.txt")).unwrap();
-    let p = ProtectedPaths::new(
-        &[secret.to_string_lossy().into_owned()],
-        &[],
-        None,
-        dir.path(),
-        true,
-    );
     assert!(p.scan(&json!({"path": "innocent.txt"})).is_some());
     assert!(p.scan(&json!({"path": "./innocent.txt"})).is_some());
 }
