@@ -41,8 +41,10 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde_json::Value;
 
-/// Symlink resolutions allowed per evaluated call.
-pub const MAX_RESOLUTIONS: usize = 1024;
+/// Distinct path-like tokens resolved through symlinks per evaluated call (each costs a couple
+/// of system calls). A call holding more (a large file body full of paths) is refused with
+/// -32007 rather than checked partially.
+pub const MAX_RESOLUTIONS: usize = 4096;
 
 /// The entry reported when a call holds too many paths to verify.
 pub const TOO_MANY_PATHS: &str = "<too many paths to verify>";
