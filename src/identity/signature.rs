@@ -8,7 +8,9 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -94,15 +96,19 @@ impl PolicySigningKey {
         Self::from_pem(&text).map_err(|e| relabel(e, path))
     }
 
-    /// PEM PKCS#8 text of the private key. Write it with mode 0600.
+    /// PEM PKCS#8 v1 text of the private key (v1, without the embedded public key, so OpenSSL
+    /// 3.0 reads it too). Write it with mode 0600.
     pub fn to_pem(&self) -> Result<String, SignatureError> {
-        self.0
-            .to_pkcs8_pem(LineEnding::LF)
-            .map(|z| z.as_str().to_string())
-            .map_err(|e| SignatureError::KeyFile {
-                path: "<memory>".into(),
-                reason: e.to_string(),
-            })
+        KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map(|z| z.as_str().to_string())
+        .map_err(|e| SignatureError::KeyFile {
+            path: "<memory>".into(),
+            reason: e.to_string(),
+        })
     }
 
     /// The matching public key.
