@@ -3,19 +3,20 @@
 //! `-- CMD…` through a minimal MCP client over stdio). Must not evaluate policy or re-implement
 //! hashing (`identity::schema_hash`).
 
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use std::io::{BufRead, Write};
 
+use crate::audit;
 use crate::identity;
-
-#[derive(Debug, Args)]
-pub struct ServerArgs {}
+use crate::policy::{self, Engine, EvalContext};
+use crate::server::{ServerParts, ServerSettings};
 
 /// `aip schema-hash [--json] FILE` or `aip schema-hash [--json] -- CMD [ARGS…]`
 #[derive(Debug, Args)]
@@ -35,8 +36,155 @@ pub struct SchemaHashArgs {
     pub command: Vec<String>,
 }
 
-pub fn server(_args: ServerArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("aip server")
+/// `aip server --policy FILE [--listen ADDR] [--admin-token-file FILE] [--audit FILE] …`
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The policy to validate against (its `spec.server` gives listen address, TLS and paths).
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Override `spec.server.listen` (`127.0.0.1:9443`, `:9443` — TLS required off loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// File holding the bearer credential that authorizes `POST /v1/revoke` (without it,
+    /// revocation over HTTP is disabled). Never an identity token.
+    #[arg(long, value_name = "FILE", env = "AIP_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Append decision and revocation records to this JSON Lines file (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    /// Ed25519 public key (PEM) that `metadata.signature` of the policy must verify with.
+    #[arg(long, value_name = "KEY", env = "AIP_POLICY_PUBKEY")]
+    pub policy_pubkey: Option<PathBuf>,
+    /// Refuse a policy without `metadata.signature`.
+    #[arg(long)]
+    pub require_signed_policy: bool,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = crate::server::config::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+}
+
+pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let policy = policy::load_file(&args.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = args
+        .policy_pubkey
+        .as_deref()
+        .map(identity::PolicyVerifyingKey::from_file)
+        .transpose()?;
+    match identity::check_policy_signature(
+        policy.document(),
+        key.as_ref(),
+        args.require_signed_policy,
+    ) {
+        Ok(identity::SignatureStatus::Verified) => say(&format!(
+            "policy signature verified ({})",
+            key.as_ref().map(|k| k.key_id()).unwrap_or_default()
+        )),
+        Ok(identity::SignatureStatus::Unsigned) => {}
+        Err(e) => bail!(
+            "{}: policy signature invalid: {}\n  hint: verify with `aip policy verify --pubkey KEY {}`",
+            args.policy.display(),
+            e.reason(),
+            args.policy.display()
+        ),
+    }
+    for w in policy.warnings() {
+        say(&format!("warning: {w}"));
+    }
+    let admin_token = match &args.admin_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                bail!(
+                    "{}: the admin credential must be at least 16 characters",
+                    p.display()
+                );
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let server_cfg = policy.server().cloned();
+    let mut settings = match &server_cfg {
+        Some(s) => ServerSettings::from_policy(s, policy.identity()),
+        None => ServerSettings {
+            listen: "127.0.0.1:9443".into(),
+            tls: None,
+            endpoints: Default::default(),
+            admin_token: None,
+            limits: Default::default(),
+            max_body_bytes: args.max_body,
+            request_timeout: Duration::from_secs(10),
+        },
+    };
+    if let Some(l) = &args.listen {
+        settings.listen = l.clone();
+    }
+    settings.admin_token = admin_token;
+    settings.max_body_bytes = args.max_body;
+    let hash = identity::policy_hash(policy.document())?;
+    let id_cfg = crate::server::identity_config(&policy)?;
+    let mut ctx = EvalContext::from_process();
+    if let Some(a) = &args.audit {
+        ctx = ctx.with_protected_file(a);
+    }
+    let audit: Option<Arc<dyn audit::Sink>> = match &args.audit {
+        Some(p) => Some(Arc::new(audit::JsonlSink::open(p)?)),
+        None => None,
+    };
+    let policy_path = args.policy.clone();
+    let engine = Arc::new(Engine::new(Arc::new(policy), ctx));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let tokens = match id_cfg {
+            None => None,
+            Some(cfg) => {
+                if cfg.key_source == identity::KeySource::Generate {
+                    say("warning: keys.key_source is generate: only tokens signed by this process validate; \
+                         share a key file (keys.key_source: file) with the supervisors that issue tokens");
+                }
+                if cfg.session_binding != identity::BindingMode::Policy {
+                    say(&format!(
+                        "note: session_binding {} binds tokens to the issuing supervisor, which a standalone \
+                         server cannot observe; it checks signature, policy hash, audience, expiry, revocation and replay",
+                        cfg.session_binding.as_str()
+                    ));
+                }
+                let svc = identity::TokenService::builder(cfg)
+                    .policy_hash(hash.clone())
+                    .policy_path(&policy_path)
+                    .binding_check(identity::BindingCheck::IssuedElsewhere)
+                    .build_connected()
+                    .await?;
+                Some(Arc::new(svc))
+            }
+        };
+        let parts = ServerParts { engine, policy_hash: hash, tokens, audit };
+        let handle = crate::server::start(settings, parts).await?;
+        say(&format!(
+            "aip server: listening on {}://{}",
+            if handle.is_tls() { "https" } else { "http" },
+            handle.local_addr()
+        ));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        say("aip server: shutting down");
+        handle.shutdown().await;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
+fn say(msg: &str) {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("{msg}");
+    }
 }
 
 fn schema_hash_cmd_output(tools: &[Value], as_json: bool) -> String {

@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,13 +18,13 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::audit;
-use crate::identity::{RevocationKind, TokenError, TokenService, ValidToken};
+use crate::identity::{TokenError, TokenService, ValidToken};
 use crate::policy::{self, Decision, VerdictKind};
 
 use super::config::ServerSettings;
 use super::metrics::{
-    DecisionLabels, DecisionValue, Endpoint, EndpointLabels, Metrics, RequestLabels, RevocationLabels,
-    TokenLabels, TokenResult, ViolationLabels,
+    DecisionLabels, DecisionValue, Endpoint, EndpointLabels, Metrics, ResponseLabels,
+    RevocationLabels, TokenLabels, TokenResult, ViolationLabels,
 };
 
 /// Most sessions tracked for the `aip_active_sessions` gauge (only sessions whose token
@@ -55,8 +55,18 @@ pub(crate) struct AppState {
 impl AppState {
     pub(crate) fn new(parts: ServerParts, settings: ServerSettings) -> Self {
         let metrics = Metrics::new(&parts.policy_hash);
-        let admin_digest = settings.admin_token.as_deref().map(|t| Sha256::digest(t.as_bytes()).into());
-        Self { parts, settings, metrics, started: Instant::now(), admin_digest, sessions: Mutex::new(HashMap::new()) }
+        let admin_digest = settings
+            .admin_token
+            .as_deref()
+            .map(|t| Sha256::digest(t.as_bytes()).into());
+        Self {
+            parts,
+            settings,
+            metrics,
+            started: Instant::now(),
+            admin_digest,
+            sessions: Mutex::new(HashMap::new()),
+        }
     }
 
     fn endpoint_of(&self, path: &str) -> Endpoint {
@@ -76,10 +86,6 @@ impl AppState {
         }
     }
 
-    fn require_token(&self) -> bool {
-        self.parts.tokens.as_ref().is_some_and(|t| t.config().require_token)
-    }
-
     fn audit(&self, record: audit::Record) -> Result<(), audit::AuditError> {
         match &self.parts.audit {
             Some(sink) => sink.write(&record),
@@ -94,7 +100,9 @@ impl AppState {
         if s.len() < MAX_TRACKED_SESSIONS || s.contains_key(&v.claims.session_id) {
             s.insert(v.claims.session_id.clone(), v.expires_at);
         }
-        self.metrics.active_sessions.set(i64::try_from(s.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .active_sessions
+            .set(i64::try_from(s.len()).unwrap_or(i64::MAX));
     }
 }
 
@@ -114,7 +122,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -126,18 +142,36 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
 }
 
 /// Request timeout, request counter and duration histogram around every handler.
 async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let endpoint = st.endpoint_of(req.uri().path());
+    st.metrics
+        .requests
+        .get_or_create(&EndpointLabels { endpoint })
+        .inc();
     let started = Instant::now();
     let resp = match tokio::time::timeout(st.settings.request_timeout, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request_timeout", "request not completed in time"),
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "request not completed in time",
+        ),
     };
-    st.metrics.requests.get_or_create(&RequestLabels { endpoint, status: resp.status().as_u16() }).inc();
+    st.metrics
+        .responses
+        .get_or_create(&ResponseLabels {
+            endpoint,
+            status: resp.status().as_u16(),
+        })
+        .inc();
     st.metrics
         .request_duration
         .get_or_create(&EndpointLabels { endpoint })
@@ -150,23 +184,42 @@ async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_string()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
-async fn read_body(st: &AppState, req: Request) -> Result<(HeaderMap, Map<String, Value>), Response> {
+async fn read_body(
+    st: &AppState,
+    req: Request,
+) -> Result<(HeaderMap, Map<String, Value>), Response> {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, st.settings.max_body_bytes).await.map_err(|_| {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            &format!("request body larger than {} bytes", st.settings.max_body_bytes),
-        )
-    })?;
+    let bytes = axum::body::to_bytes(body, st.settings.max_body_bytes)
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                &format!(
+                    "request body larger than {} bytes",
+                    st.settings.max_body_bytes
+                ),
+            )
+        })?;
     // The strict parser: duplicate or case-variant keys are refused, as on stdio.
     match crate::jsonrpc::parse_value(&bytes) {
         Ok(Value::Object(m)) => Ok((parts.headers, m)),
-        Ok(_) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", "body must be a JSON object")),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", &format!("body is not valid JSON: {e}"))),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "body must be a JSON object",
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("body is not valid JSON: {e}"),
+        )),
     }
 }
 
@@ -177,18 +230,42 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
     };
     let tool = match body.get("tool") {
         Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        Some(_) => return error(StatusCode::BAD_REQUEST, "invalid_request", "`tool` must be a non-empty string"),
-        None => return error(StatusCode::BAD_REQUEST, "invalid_request", "missing required field `tool`"),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`tool` must be a non-empty string",
+            );
+        }
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "missing required field `tool`",
+            );
+        }
     };
     let arguments = match body.get("arguments") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(a @ Value::Object(_)) => a.clone(),
-        Some(_) => return error(StatusCode::BAD_REQUEST, "invalid_request", "`arguments` must be an object"),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`arguments` must be an object",
+            );
+        }
     };
     let body_token = match body.get("token") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
-        Some(_) => return error(StatusCode::BAD_REQUEST, "invalid_request", "`token` must be a string"),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`token` must be a string",
+            );
+        }
     };
     // Header first, body only without a Bearer header (vectors auth-011/012).
     let token = bearer(&headers).or(body_token);
@@ -198,7 +275,12 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
     if let Some(service) = &st.parts.tokens {
         match token {
             None if service.config().require_token => {
-                st.metrics.token_validations.get_or_create(&TokenLabels { result: TokenResult::invalid }).inc();
+                st.metrics
+                    .token_validations
+                    .get_or_create(&TokenLabels {
+                        result: TokenResult::invalid,
+                    })
+                    .inc();
                 return reply(
                     StatusCode::UNAUTHORIZED,
                     json!({"error": "token_required", "message": "Identity token required for this policy"}),
@@ -207,13 +289,26 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
             None => {}
             Some(t) => match service.validate(&t).await {
                 Ok(v) => {
-                    st.metrics.token_validations.get_or_create(&TokenLabels { result: TokenResult::valid }).inc();
+                    st.metrics
+                        .token_validations
+                        .get_or_create(&TokenLabels {
+                            result: TokenResult::valid,
+                        })
+                        .inc();
                     st.track_session(&v);
                     token_status = Some(json!({"valid": true, "expires_in": v.expires_in}));
-                    ids = (Some(v.claims.session_id.clone()), Some(v.claims.nonce.clone()));
+                    ids = (
+                        Some(v.claims.session_id.clone()),
+                        Some(v.claims.nonce.clone()),
+                    );
                 }
                 Err(rej) => {
-                    st.metrics.token_validations.get_or_create(&TokenLabels { result: TokenResult::invalid }).inc();
+                    st.metrics
+                        .token_validations
+                        .get_or_create(&TokenLabels {
+                            result: TokenResult::invalid,
+                        })
+                        .inc();
                     let _ = st.audit(
                         audit::Record::event("TOKEN_VALIDATION_FAILED")
                             .with_opt("session_id", rej.session_id.clone())
@@ -242,7 +337,12 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let violations = violations_of(&verdict);
     for v in &violations {
         if let Some(t) = v.get("type").and_then(Value::as_str) {
-            st.metrics.violations.get_or_create(&ViolationLabels { r#type: t.to_string() }).inc();
+            st.metrics
+                .violations
+                .get_or_create(&ViolationLabels {
+                    r#type: t.to_string(),
+                })
+                .inc();
         }
     }
     let decision = match verdict.decision {
@@ -251,7 +351,10 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
         Decision::Block => DecisionValue::block,
         Decision::RateLimited => DecisionValue::rate_limited,
     };
-    st.metrics.decisions.get_or_create(&DecisionLabels { decision }).inc();
+    st.metrics
+        .decisions
+        .get_or_create(&DecisionLabels { decision })
+        .inc();
 
     let mut record = audit::Record::now()
         .with("direction", "upstream")
@@ -268,7 +371,11 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
     record.set("source", "validation_server");
     if let Err(e) = st.audit(record) {
         tracing::error!(error = %e, "audit write failed; refusing to answer");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "audit log unavailable");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "audit log unavailable",
+        );
     }
 
     if verdict.decision == Decision::RateLimited {
@@ -278,11 +385,14 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
         );
     }
     let mut out = Map::new();
-    out.insert("decision".into(), json!(match decision {
-        DecisionValue::allow => "allow",
-        DecisionValue::ask => "ask",
-        _ => "block",
-    }));
+    out.insert(
+        "decision".into(),
+        json!(match decision {
+            DecisionValue::allow => "allow",
+            DecisionValue::ask => "ask",
+            _ => "block",
+        }),
+    );
     if !verdict.reason.is_empty() {
         out.insert("reason".into(), json!(verdict.reason));
     }
@@ -299,25 +409,42 @@ async fn validate(State(st): State<Arc<AppState>>, req: Request) -> Response {
 /// `protected_path`; the others follow the reference implementation's vocabulary).
 fn violations_of(v: &policy::ToolVerdict) -> Vec<Value> {
     let field = v.failed_arg.clone().map_or(Value::Null, Value::String);
-    let one = |t: &str, field: Value, message: String| vec![json!({"type": t, "field": field, "message": message})];
+    let one = |t: &str, field: Value, message: String| {
+        vec![json!({"type": t, "field": field, "message": message})]
+    };
     match v.kind {
         VerdictKind::ArgumentMismatch => one(
             "argument_validation",
             field,
-            format!("Value does not match pattern: {}", v.failed_rule.as_deref().unwrap_or("")),
+            format!(
+                "Value does not match pattern: {}",
+                v.failed_rule.as_deref().unwrap_or("")
+            ),
         ),
-        VerdictKind::ArgumentMissing => one("argument_validation", field, "Required argument is missing".into()),
-        VerdictKind::UndeclaredArgument => {
-            one("argument_validation", field, "Argument is not declared in allow_args (strict_args)".into())
-        }
-        VerdictKind::ArgumentsNotObject => {
-            one("argument_validation", json!("arguments"), "Arguments must be an object".into())
-        }
+        VerdictKind::ArgumentMissing => one(
+            "argument_validation",
+            field,
+            "Required argument is missing".into(),
+        ),
+        VerdictKind::UndeclaredArgument => one(
+            "argument_validation",
+            field,
+            "Argument is not declared in allow_args (strict_args)".into(),
+        ),
+        VerdictKind::ArgumentsNotObject => one(
+            "argument_validation",
+            json!("arguments"),
+            "Arguments must be an object".into(),
+        ),
         VerdictKind::ProtectedPath => one("protected_path", field, v.reason.clone()),
-        VerdictKind::NotAllowlisted | VerdictKind::NoPolicy => one("tool_not_allowed", json!("tool"), v.reason.clone()),
+        VerdictKind::NotAllowlisted | VerdictKind::NoPolicy => {
+            one("tool_not_allowed", json!("tool"), v.reason.clone())
+        }
         VerdictKind::RuleBlock => one("tool_blocked", json!("tool"), v.reason.clone()),
         VerdictKind::RateLimited => one("rate_limited", json!("tool"), v.reason.clone()),
-        VerdictKind::DlpBlocked | VerdictKind::DlpRedactionFailed => one("dlp", field, v.reason.clone()),
+        VerdictKind::DlpBlocked | VerdictKind::DlpRedactionFailed => {
+            one("dlp", field, v.reason.clone())
+        }
         _ => Vec::new(),
     }
 }
@@ -331,12 +458,21 @@ async fn revoke(State(st): State<Arc<AppState>>, req: Request) -> Response {
         );
     };
     let presented = bearer(req.headers()).map(|t| Sha256::digest(t.as_bytes()));
-    let ok = presented.is_some_and(|p| aws_lc_rs::constant_time::verify_slices_are_equal(&p, &expected).is_ok());
+    let ok = presented
+        .is_some_and(|p| aws_lc_rs::constant_time::verify_slices_are_equal(&p, &expected).is_ok());
     if !ok {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "admin credential required");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin credential required",
+        );
     }
     let Some(service) = st.parts.tokens.clone() else {
-        return error(StatusCode::NOT_FOUND, "not_found", "identity is not enabled on this server");
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "identity is not enabled on this server",
+        );
     };
     let (_, body) = match read_body(&st, req).await {
         Ok(b) => b,
@@ -345,15 +481,29 @@ async fn revoke(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let s = |k: &str| body.get(k).and_then(Value::as_str);
     let reason = s("reason");
     if reason.is_some_and(|r| r.len() > 1024) {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "`reason` longer than 1024 bytes");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`reason` longer than 1024 bytes",
+        );
     }
     let result = match s("type") {
         Some("session") => match s("session_id") {
-            Some(id) if uuid::Uuid::try_parse(id).is_ok() => service.revoke_session(id, reason).await,
-            _ => return error(StatusCode::BAD_REQUEST, "invalid_request", "`session_id` (a UUID) is required"),
+            Some(id) if uuid::Uuid::try_parse(id).is_ok() => {
+                service.revoke_session(id, reason).await
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "`session_id` (a UUID) is required",
+                );
+            }
         },
         Some("token") => match s("token_nonce") {
-            Some(n) if n.len() == 32 && n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Some(n)
+                if n.len() == 32 && n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
                 service.revoke_token(n, reason).await
             }
             _ => {
@@ -364,16 +514,31 @@ async fn revoke(State(st): State<Arc<AppState>>, req: Request) -> Response {
                 );
             }
         },
-        _ => return error(StatusCode::BAD_REQUEST, "invalid_request", "`type` must be \"session\" or \"token\""),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`type` must be \"session\" or \"token\"",
+            );
+        }
     };
     let rev = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "revocation failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "revocation store unavailable");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "revocation store unavailable",
+            );
         }
     };
-    st.metrics.revocations.get_or_create(&RevocationLabels { r#type: rev.kind.as_str().to_string() }).inc();
+    st.metrics
+        .revocations
+        .get_or_create(&RevocationLabels {
+            r#type: rev.kind.as_str().to_string(),
+        })
+        .inc();
     let admin = format!("bearer:{}", &hex::encode(expected)[..12]);
     let record = audit::Record::event("REVOCATION")
         .with("type", rev.kind.as_str())
@@ -389,7 +554,6 @@ async fn revoke(State(st): State<Arc<AppState>>, req: Request) -> Response {
         );
     }
     tracing::info!(kind = rev.kind.as_str(), "revocation recorded");
-    let _ = RevocationKind::Session;
     reply(
         StatusCode::OK,
         json!({"revoked": true, "type": rev.kind.as_str(), "target": rev.target, "revoked_at": rev.revoked_at}),
@@ -398,13 +562,23 @@ async fn revoke(State(st): State<Arc<AppState>>, req: Request) -> Response {
 
 async fn jwks(State(st): State<Arc<AppState>>) -> Response {
     let Some(service) = &st.parts.tokens else {
-        return error(StatusCode::NOT_FOUND, "not_found", "identity is not enabled on this server");
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "identity is not enabled on this server",
+        );
     };
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
         ],
         service.jwks().to_string(),
     )
@@ -434,8 +608,10 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     } else {
         "text/plain; version=0.0.4; charset=utf-8"
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], st.metrics.render()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))],
+        st.metrics.render(),
+    )
+        .into_response()
 }
-
-#[allow(dead_code)]
-fn _unused(_: Method, _: Duration) {}

@@ -6,7 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::identity::{self, BindingMode, IdentityConfig, KeySource, NonceBackend, SigningAlgorithm};
+use crate::identity::{
+    self, BindingMode, IdentityConfig, KeySource, NonceBackend, SigningAlgorithm,
+};
 use crate::policy;
 
 use super::client::{FailOpenConstraints, FailoverMode};
@@ -55,7 +57,10 @@ pub struct ServerSettings {
 impl ServerSettings {
     /// Settings from `spec.server` (listen, TLS, endpoints) with the default limits.
     /// `keys.jwks_endpoint` is used when `endpoints.jwks` keeps its default.
-    pub fn from_policy(server: &policy::ServerConfig, identity: Option<&policy::IdentityConfig>) -> Self {
+    pub fn from_policy(
+        server: &policy::ServerConfig,
+        identity: Option<&policy::IdentityConfig>,
+    ) -> Self {
         let mut endpoints = EndpointPaths {
             validate: server.endpoints.validate.clone(),
             revoke: server.endpoints.revoke.clone(),
@@ -95,7 +100,9 @@ pub enum SettingsError {
     Listen(String),
     #[error("cannot resolve listen host {host:?}: {reason}")]
     Resolve { host: String, reason: String },
-    #[error("listen address {0} is reachable from other hosts and no TLS is configured (spec.server.tls.cert/key)")]
+    #[error(
+        "listen address {0} is reachable from other hosts and no TLS is configured (spec.server.tls.cert/key)"
+    )]
     PlaintextOffLoopback(String),
     #[error(transparent)]
     Identity(#[from] identity::ConfigError),
@@ -105,8 +112,12 @@ pub enum SettingsError {
 
 /// Resolves `listen` and enforces "TLS required when not loopback" (v1alpha2 §6).
 pub fn listen_addr(listen: &str, tls: bool) -> Result<SocketAddr, SettingsError> {
-    let (host, port) = listen.rsplit_once(':').ok_or_else(|| SettingsError::Listen(listen.into()))?;
-    let port: u16 = port.parse().map_err(|_| SettingsError::Listen(listen.into()))?;
+    let (host, port) = listen
+        .rsplit_once(':')
+        .ok_or_else(|| SettingsError::Listen(listen.into()))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| SettingsError::Listen(listen.into()))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let addr = match host {
         "" | "*" => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
@@ -115,9 +126,15 @@ pub fn listen_addr(listen: &str, tls: bool) -> Result<SocketAddr, SettingsError>
             Ok(ip) => SocketAddr::new(ip, port),
             Err(_) => (h, port)
                 .to_socket_addrs()
-                .map_err(|e| SettingsError::Resolve { host: h.into(), reason: e.to_string() })?
+                .map_err(|e| SettingsError::Resolve {
+                    host: h.into(),
+                    reason: e.to_string(),
+                })?
                 .next()
-                .ok_or_else(|| SettingsError::Resolve { host: h.into(), reason: "no address".into() })?,
+                .ok_or_else(|| SettingsError::Resolve {
+                    host: h.into(),
+                    reason: "no address".into(),
+                })?,
         },
     };
     if !tls && !addr.ip().is_loopback() {
@@ -135,7 +152,9 @@ pub fn identity_config(policy: &policy::Policy) -> Result<Option<IdentityConfig>
     };
     let mut c = IdentityConfig::new(policy.name());
     c.token_ttl = id.token_ttl;
-    c.rotation_interval = id.rotation_interval_explicit.then_some(id.rotation_interval);
+    c.rotation_interval = id
+        .rotation_interval_explicit
+        .then_some(id.rotation_interval);
     c.require_token = id.require_token;
     c.session_binding = match id.session_binding {
         policy::SessionBinding::Process => BindingMode::Process,
@@ -160,7 +179,9 @@ pub fn identity_config(policy: &policy::Policy) -> Result<Option<IdentityConfig>
         (policy::KeySource::Generate, _) => KeySource::Generate,
         (policy::KeySource::File, Some(p)) => KeySource::File(p.clone()),
         (policy::KeySource::File, None) => {
-            return Err(SettingsError::Unsupported("spec.identity.keys.key_path is required".into()));
+            return Err(SettingsError::Unsupported(
+                "spec.identity.keys.key_path is required".into(),
+            ));
         }
         (policy::KeySource::External, _) => {
             return Err(SettingsError::Unsupported(
@@ -174,11 +195,14 @@ pub fn identity_config(policy: &policy::Policy) -> Result<Option<IdentityConfig>
         (policy::NonceStorageKind::Memory, _) => NonceBackend::Memory,
         (policy::NonceStorageKind::Redis, Some(a)) => NonceBackend::Redis { address: a.clone() },
         (policy::NonceStorageKind::Redis, None) => {
-            return Err(SettingsError::Unsupported("spec.identity.nonce_storage.address is required".into()));
+            return Err(SettingsError::Unsupported(
+                "spec.identity.nonce_storage.address is required".into(),
+            ));
         }
         (policy::NonceStorageKind::Postgres, _) => {
             return Err(SettingsError::Unsupported(
-                "spec.identity.nonce_storage.type: postgres is not supported by aip; use redis".into(),
+                "spec.identity.nonce_storage.type: postgres is not supported by aip; use redis"
+                    .into(),
             ));
         }
     };
@@ -195,15 +219,16 @@ pub fn failover_mode(server: &policy::ServerConfig) -> FailoverMode {
         policy::FailoverMode::FailClosed => FailoverMode::FailClosed,
         policy::FailoverMode::LocalPolicy => FailoverMode::LocalPolicy,
         policy::FailoverMode::FailOpen => {
-            FailoverMode::FailOpen(server.fail_open_constraints.as_ref().map_or_else(FailOpenConstraints::default, |c| {
-                FailOpenConstraints {
+            FailoverMode::FailOpen(server.fail_open_constraints.as_ref().map_or_else(
+                FailOpenConstraints::default,
+                |c| FailOpenConstraints {
                     allowed_tools: (!c.allowed_tools.is_empty()).then(|| c.allowed_tools.clone()),
                     max_duration: c.max_duration,
                     max_requests: c.max_requests,
                     alert_webhook: c.alert_webhook.clone(),
                     require_local_policy: c.require_local_policy,
-                }
-            }))
+                },
+            ))
         }
     }
 }
@@ -215,11 +240,25 @@ mod tests {
     #[test]
     fn test_listen_addr() {
         assert_eq!(listen_addr("127.0.0.1:9443", false).unwrap().port(), 9443);
-        assert!(listen_addr("localhost:1", false).unwrap().ip().is_loopback());
+        assert!(
+            listen_addr("localhost:1", false)
+                .unwrap()
+                .ip()
+                .is_loopback()
+        );
         assert!(listen_addr("[::1]:9443", false).unwrap().ip().is_loopback());
-        assert!(matches!(listen_addr(":9443", false), Err(SettingsError::PlaintextOffLoopback(_))));
-        assert!(matches!(listen_addr("*:9443", false), Err(SettingsError::PlaintextOffLoopback(_))));
-        assert!(matches!(listen_addr("0.0.0.0:9443", false), Err(SettingsError::PlaintextOffLoopback(_))));
+        assert!(matches!(
+            listen_addr(":9443", false),
+            Err(SettingsError::PlaintextOffLoopback(_))
+        ));
+        assert!(matches!(
+            listen_addr("*:9443", false),
+            Err(SettingsError::PlaintextOffLoopback(_))
+        ));
+        assert!(matches!(
+            listen_addr("0.0.0.0:9443", false),
+            Err(SettingsError::PlaintextOffLoopback(_))
+        ));
         assert!(listen_addr(":9443", true).unwrap().ip().is_unspecified());
         assert!(listen_addr("9443", false).is_err());
         assert!(listen_addr("x:y", false).is_err());

@@ -23,9 +23,9 @@ pub enum Endpoint {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub struct ResponseLabels {
     pub endpoint: Endpoint,
-    /// HTTP status class of the answer (`200`, `401`, …).
+    /// HTTP status of the answer (`200`, `401`, …).
     pub status: u16,
 }
 
@@ -79,7 +79,8 @@ pub struct PolicyLabels {
 /// All metrics of one server.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<EndpointLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub violations: Family<ViolationLabels, Counter>,
     pub token_validations: Family<TokenLabels, Counter>,
@@ -100,11 +101,26 @@ impl Metrics {
     /// Registers every metric; `policy_hash` is exported as `aip_policy_hash{policy_hash=…} 1`.
     pub fn new(policy_hash: &str) -> Self {
         let mut registry = Registry::with_prefix("aip");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<EndpointLabels, Counter>::default();
         registry.register(
             "requests",
-            "HTTP requests served, by endpoint and status",
+            "HTTP requests received, by endpoint",
             requests.clone(),
+        );
+        for endpoint in [
+            Endpoint::validate,
+            Endpoint::revoke,
+            Endpoint::jwks,
+            Endpoint::health,
+            Endpoint::metrics,
+        ] {
+            let _ = requests.get_or_create(&EndpointLabels { endpoint });
+        }
+        let responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "responses",
+            "HTTP responses sent, by endpoint and status",
+            responses.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
@@ -169,6 +185,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            responses,
             decisions,
             violations,
             token_validations,
@@ -197,8 +214,22 @@ mod tests {
     #[test]
     fn test_render_names_and_stable_order() {
         let m = Metrics::new(&"a".repeat(64));
+        let fresh = m.render();
+        assert!(
+            fresh.contains("aip_requests_total{endpoint=\"validate\"} 0"),
+            "{fresh}"
+        );
+        assert!(
+            fresh.contains("aip_decisions_total{decision=\"allow\"} 0"),
+            "{fresh}"
+        );
         m.requests
-            .get_or_create(&RequestLabels {
+            .get_or_create(&EndpointLabels {
+                endpoint: Endpoint::validate,
+            })
+            .inc();
+        m.responses
+            .get_or_create(&ResponseLabels {
                 endpoint: Endpoint::validate,
                 status: 200,
             })
@@ -215,7 +246,8 @@ mod tests {
             .observe(0.002);
         let text = m.render();
         for name in [
-            "aip_requests_total{endpoint=\"validate\",status=\"200\"} 1",
+            "aip_requests_total{endpoint=\"validate\"} 1",
+            "aip_responses_total{endpoint=\"validate\",status=\"200\"} 1",
             "aip_decisions_total{decision=\"allow\"} 1",
             "aip_decisions_total{decision=\"block\"} 0",
             "aip_request_duration_seconds_bucket{le=\"0.0032\",endpoint=\"validate\"} 1",
