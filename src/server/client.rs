@@ -40,7 +40,8 @@ pub enum FailoverMode {
 /// `spec.server.fail_open_constraints`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FailOpenConstraints {
-    /// Only these tools (normalized names) may pass; `None`: any tool.
+    /// Only these tools may pass (normalized names, compared with the normalized call);
+    /// `None`: any tool.
     pub allowed_tools: Option<Vec<String>>,
     /// Longest fail-open episode; afterwards fail closed until the server answers again.
     pub max_duration: Option<Duration>,
@@ -299,8 +300,9 @@ impl RemoteValidator {
             return FailoverAction::Deny;
         }
         drop(ep);
+        let normalized = crate::policy::normalize(tool);
         if let Some(tools) = &c.allowed_tools
-            && !tools.iter().any(|t| t == tool)
+            && !tools.iter().any(|t| *t == normalized)
         {
             return FailoverAction::DenyConstraint {
                 reason: "validation_unavailable: tool not allowed under fail_open".into(),
