@@ -167,6 +167,7 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
         audit: Arc::clone(&audit),
         approver,
         session_id: session_id.clone(),
+        identity: None,
     };
     let handle = SessionHandle::new();
     let status = proxy::run(session, streams, Arc::new(spawned.child), &handle, true);
