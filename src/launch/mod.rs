@@ -5,6 +5,7 @@
 //! Must not parse command-line flags or accept clients; callers hand in [`Options`].
 
 mod child;
+mod identity;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::policy::{self, Engine, EvalContext, Policy};
 use crate::proxy::{self, ProxyConfig, ServerExit, SessionHandle, Streams};
 
 pub use child::{PlainChild, Spawned};
+pub use identity::SignaturePolicy;
 
 /// Which approver answers `action: ask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct Options {
     /// Extra read-only and read-write paths for the sandbox (`--allow-read`, `--allow-write`).
     pub allow_read: Vec<PathBuf>,
     pub allow_write: Vec<PathBuf>,
+    /// How the policy's signature is checked.
+    pub signature: SignaturePolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,10 @@ pub enum LaunchError {
     },
     #[error("no server command given")]
     NoCommand,
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Makes `p` absolute against the current directory (without touching the filesystem).
@@ -129,12 +137,55 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
     } else {
         Arc::new(jsonl)
     };
+    if let Err(reason) = identity::check_signature(&policy, &opts.signature) {
+        audit.write(
+            &Record::event("POLICY_SIGNATURE_INVALID")
+                .with("policy_path", policy_path.display().to_string())
+                .with("reason", reason.as_str()),
+        )?;
+        tracing::error!(policy = %policy_path.display(), %reason, "policy signature check failed; the server is not started");
+        refuse_all(&policy_path, &reason);
+        return Ok(2);
+    }
+    let hash = identity::policy_hash(&policy)?;
+    let needs_runtime =
+        policy.identity().is_some_and(|i| i.enabled) || policy.server().is_some_and(|s| s.enabled);
+    let runtime = if needs_runtime {
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("aip-rt")
+                .enable_all()
+                .build()
+                .map_err(LaunchError::Runtime)?,
+        )
+    } else {
+        None
+    };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let engine = Arc::new(Engine::new(
         Arc::clone(&policy),
         eval_context(&policy_path, &audit_path, &cwd),
     ));
-    let session_id = uuid::Uuid::new_v4().to_string();
+    let tokens = match &runtime {
+        Some(rt) => identity::token_service(rt, &policy, &policy_path, &hash)?,
+        None => None,
+    };
+    let session_id = tokens
+        .as_ref()
+        .map(|t| t.session_id())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let _server = match &runtime {
+        Some(rt) => identity::embedded_server(
+            rt,
+            &policy,
+            Arc::clone(&engine),
+            &hash,
+            tokens.clone(),
+            Arc::clone(&audit),
+        )?,
+        None => None,
+    };
     let approver = build_approver(opts.approver, opts.approval_prompts_per_minute);
 
     let spawned = PlainChild::spawn(&opts.command).map_err(|source| LaunchError::Spawn {
@@ -148,9 +199,13 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
             .with("command", opts.command.clone())
             .with("policy", policy.name())
             .with("policy_path", policy_path.display().to_string())
+            .with("policy_hash", hash.as_str())
             .with("policy_mode", engine.mode().as_str())
             .with("pid", spawned.child.pid())
-            .with("sandbox", serde_json::json!({"enabled": false, "reason": "sandbox layer not built in this version"})),
+            .with(
+                "sandbox",
+                serde_json::json!({"enabled": false, "reason": "sandbox layer not built in this version"}),
+            ),
     )?;
 
     let streams = Streams {
@@ -161,13 +216,21 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
         server_err: Some(Box::new(spawned.stderr)),
         diagnostics: Box::new(std::io::stderr()),
     };
+    let identity = match (&tokens, &runtime) {
+        (Some(t), Some(rt)) => Some(proxy::Identity {
+            tokens: Arc::clone(t),
+            require_token: policy.identity().is_some_and(|i| i.require_token),
+            runtime: rt.handle().clone(),
+        }),
+        _ => None,
+    };
     let session = proxy::Session {
         config: opts.proxy.clone(),
         engine,
         audit: Arc::clone(&audit),
         approver,
         session_id: session_id.clone(),
-        identity: None,
+        identity,
     };
     let handle = SessionHandle::new();
     let status = proxy::run(session, streams, Arc::new(spawned.child), &handle, true);
@@ -177,6 +240,35 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
             .with("exit", exit_json(status)),
     );
     Ok(status.exit_code())
+}
+
+/// The policy cannot be used: answer every request of the client with -32010 until it goes.
+fn refuse_all(policy_path: &Path, reason: &str) {
+    use std::io::Write;
+    let err = crate::jsonrpc::ErrorReply::new(
+        crate::jsonrpc::codes::POLICY_SIGNATURE_INVALID,
+        "Policy signature invalid",
+        Some(serde_json::json!({"policy": policy_path.display().to_string(), "reason": reason})),
+    );
+    let mut reader = crate::jsonrpc::LineReader::new(std::io::stdin(), 4 * 1024 * 1024);
+    let mut out = std::io::stdout();
+    while let Ok(Some(frame)) = reader.next_frame() {
+        let crate::jsonrpc::Frame::Line(line) = frame else {
+            continue;
+        };
+        let id = crate::jsonrpc::parse(line, crate::jsonrpc::Origin::Client)
+            .ok()
+            .filter(|m| m.kind == crate::jsonrpc::Kind::Request)
+            .and_then(|m| m.id_text().map(str::to_owned));
+        if let Some(id) = id
+            && out
+                .write_all(&err.to_line(Some(&id)))
+                .and_then(|()| out.flush())
+                .is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn exit_json(status: ServerExit) -> serde_json::Value {

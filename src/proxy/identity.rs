@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-
 use crate::audit::Record;
 use crate::identity::{
     IssueEvent, TOKEN_REQUIRED_MESSAGE, TokenGrant, TokenService, take_stdio_token,
