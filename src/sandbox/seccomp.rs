@@ -4,14 +4,17 @@
 //! `execve`, on the server process only.
 //!
 //! Three filters are stacked because seccompiler gives each filter exactly two actions and the
-//! kernel applies the most severe result of all filters (KILL > ERRNO > ALLOW; among equal
-//! actions the most recently installed filter wins):
+//! kernel applies the most severe result of all filters (KILL > ERRNO > ALLOW). They are
+//! installed in this order, the allowlist last because it denies `seccomp(2)` itself:
 //! 1. guard (hand-written, x86_64 only): kill the process on a foreign architecture and on x32
 //!    syscall numbers (`nr >= 0x40000000`), which share `AUDIT_ARCH_X86_64`;
-//! 2. allowlist: listed syscalls (some with argument filters) → ALLOW, anything else →
-//!    ERRNO(EPERM); seccompiler also kills on a foreign architecture here;
-//! 3. enosys (installed last so it wins over the allowlist's EPERM): `clone3` and `io_uring_*`
-//!    → ERRNO(ENOSYS), so glibc falls back to the filterable `clone` and libuv to epoll.
+//! 2. enosys: `clone3` and `io_uring_*` → ERRNO(ENOSYS), so glibc falls back to the filterable
+//!    `clone` and libuv to epoll; everything else ALLOW (this filter only decides those);
+//! 3. allowlist: listed syscalls (some with argument filters) → ALLOW, anything else →
+//!    ERRNO(EPERM); seccompiler kills on a foreign architecture here too. The enosys syscalls
+//!    are ALLOW here so the more severe ENOSYS of filter 2 is the result, whatever the order of
+//!    evaluation (equal actions would be decided by installation order). The three filters are
+//!    only ever installed together.
 //!
 //! This module must not build rule lists in code: what is allowed lives in the JSON files.
 
@@ -295,8 +298,10 @@ pub fn compile(profile: SeccompProfile, arch: Arch) -> Result<Filters, SeccompEr
         profile: profile.name().to_string(),
         message,
     };
-    let allow = filter_json(&resolved.allow, arch).map_err(perr)?;
+    let mut allow = filter_json(&resolved.allow, arch).map_err(perr)?;
     let enosys = filter_json(&resolved.enosys, arch).map_err(perr)?;
+    // Decided by the enosys filter (see the module documentation).
+    allow.extend(enosys.iter().cloned());
     let doc = json!({
         "allow": { "mismatch_action": { "errno": libc::EPERM }, "match_action": "allow", "filter": allow },
         "enosys": { "mismatch_action": "allow", "match_action": { "errno": libc::ENOSYS }, "filter": enosys },
@@ -314,7 +319,7 @@ pub fn compile(profile: SeccompProfile, arch: Arch) -> Result<Filters, SeccompEr
     if let Some(guard) = guard_program(arch) {
         programs.push(guard);
     }
-    for name in ["allow", "enosys"] {
+    for name in ["enosys", "allow"] {
         let program = map
             .remove(name)
             .ok_or_else(|| perr(format!("filter {name} missing")))?;

@@ -1,0 +1,181 @@
+//! `aip sandbox [--policy FILE] [--allow-read PATH]… [--allow-write PATH]… -- CMD [ARGS…]`:
+//! runs a command in the sandbox exactly as `aip run` would run an MCP server, but without the
+//! MCP proxy (stdio goes straight through). Useful to see what a server sees, to debug a policy's
+//! `spec.sandbox`, and for the benchmark. Exits with the command's code (128 + N for signal N).
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::launch::plan::{self, NoteLevel, Overrides, PlanInput, RealFs};
+use crate::policy::sandbox_config::SandboxConfig;
+use crate::sandbox;
+
+/// Run a command in the sandbox, without the MCP proxy.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Policy file whose `spec.sandbox` section configures the sandbox (default: safe defaults).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Make PATH visible read-only (repeatable).
+    #[arg(long = "allow-read", value_name = "PATH")]
+    pub allow_read: Vec<PathBuf>,
+    /// Make PATH visible read-write (repeatable).
+    #[arg(long = "allow-write", value_name = "PATH")]
+    pub allow_write: Vec<PathBuf>,
+    /// Print the layer report (JSON) on stderr once the command runs.
+    #[arg(long)]
+    pub report: bool,
+    /// Print the planned sandbox (mounts, environment) and exit without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Reads `spec.sandbox` from a policy file (absent section = defaults).
+pub fn load_sandbox_config(path: &std::path::Path) -> anyhow::Result<SandboxConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: serde_json::Value = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not valid YAML", path.display()))?;
+    let Some(section) = doc.pointer("/spec/sandbox") else {
+        return Ok(SandboxConfig::default());
+    };
+    let config: SandboxConfig = serde_json::from_value(section.clone())
+        .with_context(|| format!("{}: spec.sandbox", path.display()))?;
+    if let Err((field, message)) = config.validate() {
+        bail!("{}: spec.sandbox.{field}: {message}", path.display());
+    }
+    Ok(config)
+}
+
+#[allow(clippy::print_stderr)]
+pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    // Block the signals we forward before any thread exists, so every thread inherits the mask
+    // and only the forwarding thread below receives them.
+    let mut forwarded = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        forwarded.add(s);
+    }
+    forwarded.thread_block().context("cannot block signals")?;
+
+    let config = match &args.policy {
+        Some(path) => load_sandbox_config(path)?,
+        None => SandboxConfig::default(),
+    };
+    let mut hidden = Vec::new();
+    if let Some(policy) = &args.policy {
+        hidden.push(std::fs::canonicalize(policy).unwrap_or_else(|_| policy.clone()));
+    }
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let overrides = Overrides {
+        allow_read: args.allow_read.clone(),
+        allow_write: args.allow_write.clone(),
+        no_sandbox: false,
+    };
+    let input = PlanInput {
+        config: &config,
+        command: &args.command,
+        cwd: &cwd,
+        overrides: &overrides,
+        env: &env,
+        hidden: &hidden,
+    };
+    let planned = plan::plan(&input, &RealFs)?;
+    for note in &planned.notes {
+        match note.level {
+            NoteLevel::Warn => eprintln!("aip: warning: {}", note.message),
+            NoteLevel::Info if args.report || args.dry_run => {
+                eprintln!("aip: note: {}", note.message)
+            }
+            NoteLevel::Info => {}
+        }
+    }
+    if args.dry_run {
+        print_plan(&planned.spec);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let stdio = [
+        std::io::stdin().as_fd().try_clone_to_owned()?,
+        std::io::stdout().as_fd().try_clone_to_owned()?,
+        std::io::stderr().as_fd().try_clone_to_owned()?,
+    ];
+    let child = Arc::new(sandbox::spawn(&planned.spec, stdio)?);
+    if args.report {
+        eprintln!(
+            "{}",
+            serde_json::to_string_pretty(&child.report().to_json())?
+        );
+    }
+    let forwarder = Arc::clone(&child);
+    std::thread::Builder::new()
+        .name("aip-signals".into())
+        .spawn(move || {
+            while let Ok(signal) = forwarded.wait() {
+                let _ = forwarder.signal_all(signal);
+            }
+        })?;
+    let exit = child.wait().context("waiting for the sandbox")?;
+    Ok(ExitCode::from((exit.code() & 0xff) as u8))
+}
+
+#[allow(clippy::print_stdout)]
+fn print_plan(spec: &sandbox::SandboxSpec) {
+    println!("executable: {}", spec.executable.display());
+    println!("cwd: {}", spec.cwd.display());
+    println!("seccomp: {}", spec.seccomp.name());
+    println!("user (when root): {}:{}", spec.user.uid, spec.user.gid);
+    println!("network: {:?}", spec.net);
+    println!("landlock floor: {}", spec.landlock.min_abi);
+    println!("mounts:");
+    for m in &spec.mounts {
+        match &m.kind {
+            sandbox::MountKind::Bind { source, access } if *source == m.target => {
+                println!("  {} ({access:?})", m.target.display())
+            }
+            sandbox::MountKind::Bind { source, access } => {
+                println!(
+                    "  {} <- {} ({access:?})",
+                    m.target.display(),
+                    source.display()
+                )
+            }
+            sandbox::MountKind::Tmpfs { size, writable, .. } => {
+                println!(
+                    "  {} (tmpfs, {} KiB{})",
+                    m.target.display(),
+                    size >> 10,
+                    if *writable { "" } else { ", read-only" }
+                )
+            }
+            sandbox::MountKind::Proc => println!("  {} (proc)", m.target.display()),
+        }
+    }
+    for l in &spec.symlinks {
+        println!("  {} -> {}", l.path.display(), l.target.display());
+    }
+    for f in &spec.files {
+        println!("  {} (generated)", f.path.display());
+    }
+    println!("environment:");
+    for (k, v) in &spec.env {
+        println!("  {}={}", k.to_string_lossy(), v.to_string_lossy());
+    }
+}
