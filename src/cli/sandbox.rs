@@ -35,6 +35,10 @@ pub struct SandboxArgs {
     /// Print the planned sandbox (mounts, environment) and exit without running anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run the command N times in fresh sandboxes (stdin from /dev/null) and print the sandbox
+    /// setup time (spawn until the command is exec'd) and the time until it exits: p50, p90, p99.
+    #[arg(long, value_name = "N", conflicts_with_all = ["dry_run", "report"])]
+    pub timing: Option<u32>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -111,6 +115,9 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         print_plan(&planned.spec);
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(runs) = args.timing {
+        return timing(&planned.spec, runs);
+    }
 
     let stdio = [
         std::io::stdin().as_fd().try_clone_to_owned()?,
@@ -178,4 +185,47 @@ fn print_plan(spec: &sandbox::SandboxSpec) {
     for (k, v) in &spec.env {
         println!("  {}={}", k.to_string_lossy(), v.to_string_lossy());
     }
+}
+
+/// `--timing N`: spawn-to-exec and spawn-to-exit latencies over N sandboxes.
+#[allow(clippy::print_stdout)]
+fn timing(spec: &sandbox::SandboxSpec, runs: u32) -> anyhow::Result<ExitCode> {
+    use std::time::{Duration, Instant};
+    let runs = runs.clamp(1, 100_000) as usize;
+    let mut setup = Vec::with_capacity(runs);
+    let mut total = Vec::with_capacity(runs);
+    let mut failures = 0usize;
+    for _ in 0..runs {
+        let stdio = [
+            std::fs::File::open("/dev/null")?.into(),
+            std::io::stdout().as_fd().try_clone_to_owned()?,
+            std::io::stderr().as_fd().try_clone_to_owned()?,
+        ];
+        let start = Instant::now();
+        let child = sandbox::spawn(spec, stdio)?;
+        setup.push(start.elapsed());
+        if !child.wait()?.success() {
+            failures += 1;
+        }
+        total.push(start.elapsed());
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i].as_secs_f64() * 1000.0
+    };
+    println!("runs: {runs} (non-zero exits: {failures})");
+    for (name, v) in [
+        ("setup (spawn to exec)", &mut setup),
+        ("total (spawn to exit)", &mut total),
+    ] {
+        println!(
+            "{name}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            pct(v, 1.0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -66,7 +66,7 @@ pub fn detect_system() -> Option<Hierarchy> {
 }
 
 impl Hierarchy {
-    fn own_dir(&self) -> PathBuf {
+    pub fn own_dir(&self) -> PathBuf {
         self.mount.join(self.own.trim_start_matches('/'))
     }
 

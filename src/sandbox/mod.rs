@@ -42,12 +42,14 @@ pub mod net;
 
 mod cgroup;
 mod error;
+pub mod features;
 mod handle;
 pub mod landlock;
 mod mounts;
 mod namespaces;
 mod prepare;
 mod privileges;
+pub mod probe;
 mod protocol;
 mod reaper;
 mod report;

@@ -69,14 +69,13 @@ struct Detached {
 }
 
 /// Opens a bind source without following symlinks and clones it into a detached mount.
-fn detach_source(source: &Path, access: Access) -> Result<Detached, SetupFailure> {
+fn detach_source(
+    host_root: &OwnedFd,
+    source: &Path,
+    access: Access,
+) -> Result<Detached, SetupFailure> {
     let step = || format!("bind source {}", source.display());
-    let root = nix::fcntl::open(
-        "/",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fail(step(), &errno(e)))?;
+    let root = host_root;
     let relative = source.strip_prefix("/").unwrap_or(source);
     let fd = openat2(
         root.as_fd(),
@@ -234,14 +233,21 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
     .map_err(|e| fail("make mounts private".into(), &errno(e)))?;
 
     // Every source is opened and detached before the staging tmpfs covers anything.
+    let host_root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("open host root".into(), &errno(e)))?;
     let mut detached = Vec::with_capacity(spec.mounts.len());
     for entry in &spec.mounts {
         detached.push(match &entry.kind {
-            MountKind::Bind { source, access } => Some(detach_source(source, *access)?),
+            MountKind::Bind { source, access } => Some(detach_source(&host_root, source, *access)?),
             _ => None,
         });
     }
 
+    drop(host_root);
     let root_options = format!("size={},mode=0755", spec.root_size);
     mount(
         Some("tmpfs"),

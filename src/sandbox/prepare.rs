@@ -91,6 +91,9 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         return Ok(prepared);
     }
 
+    // Initialized here, in the supervisor: the setup processes must never be the first to
+    // initialize a process-wide lazy value (another thread could hold its lock at fork time).
+    let _ = super::privileges::last_cap();
     let root = geteuid().is_root();
     if root {
         if spec.user.uid == 0 || spec.user.gid == 0 {

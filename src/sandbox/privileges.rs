@@ -14,6 +14,18 @@ use super::sys;
 /// clears capabilities), `SECBIT_KEEP_CAPS_LOCKED`, `SECBIT_NO_CAP_AMBIENT_RAISE | _LOCKED`.
 pub const SECUREBITS: u32 = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7);
 
+/// Highest capability number of the running kernel (`/proc/sys/kernel/cap_last_cap`; read by the
+/// setup processes before `/proc` is replaced), or 63 to cover every possible bit.
+pub fn last_cap() -> u32 {
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63)
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     pub securebits_locked: bool,
@@ -28,7 +40,7 @@ fn fail(step: &str, err: impl std::fmt::Display) -> SetupFailure {
 /// user namespace, where only the caller's own ids are mapped and it keeps them.
 pub fn drop_all(switch: Option<(u32, u32)>) -> Result<Outcome, SetupFailure> {
     sys::set_securebits(SECUREBITS).map_err(|e| fail("lock securebits", e))?;
-    caps::clear(None, CapSet::Bounding).map_err(|e| fail("clear bounding set", e))?;
+    sys::clear_bounding_set(last_cap()).map_err(|e| fail("clear bounding set", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("clear ambient set", e))?;
     caps::clear(None, CapSet::Inheritable).map_err(|e| fail("clear inheritable set", e))?;
     if let Some((uid, gid)) = switch {
@@ -65,7 +77,7 @@ pub fn drop_all(switch: Option<(u32, u32)>) -> Result<Outcome, SetupFailure> {
 pub fn reduce_to_kill() -> Result<(), SetupFailure> {
     let keep: caps::CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
     nix::sys::prctl::set_dumpable(false).map_err(|e| fail("reaper dumpable", e))?;
-    caps::clear(None, CapSet::Bounding).map_err(|e| fail("reaper bounding set", e))?;
+    sys::clear_bounding_set(last_cap()).map_err(|e| fail("reaper bounding set", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("reaper ambient set", e))?;
     caps::clear(None, CapSet::Inheritable).map_err(|e| fail("reaper inheritable set", e))?;
     caps::set(None, CapSet::Effective, &keep).map_err(|e| fail("reaper effective set", e))?;

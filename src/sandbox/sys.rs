@@ -313,3 +313,172 @@ pub fn own_fd_from_kernel(fd: RawFd) -> OwnedFd {
     // other owner exists, and callers wrap each returned number exactly once.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// `prctl(PR_CAPBSET_DROP, cap)` for every capability up to `last` (the kernel's
+/// `cap_last_cap`): empties the bounding set, so no exec can ever regain a capability. Scope:
+/// calling thread, inherited. Irreversible. Needs `CAP_SETPCAP`. `EINVAL` for numbers the kernel
+/// does not know is ignored.
+pub fn clear_bounding_set(last: u32) -> io::Result<()> {
+    for cap in 0..=last {
+        // SAFETY: integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probes: syscalls the canary sandbox (`aip doctor`) and the escape tests attempt from inside a
+// sandbox, each with arguments chosen so the kernel *without* our filter answers differently from
+// the filter (success, `EFAULT`, `EBADF`, `ENOTTY`…). Only integers and null pointers are passed,
+// so nothing is dereferenced in our memory. They return the raw result: `Ok(value)` or the errno.
+
+fn raw_result(rc: libc::c_long) -> io::Result<i64> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `clone3(NULL, 0)`: `ENOSYS` from our filter, `EINVAL`/`EFAULT` from the kernel.
+pub fn probe_clone3() -> io::Result<i64> {
+    // SAFETY: a null `clone_args` with size 0 is rejected by the kernel before any use.
+    raw_result(unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<libc::c_void>(), 0usize) })
+}
+
+/// `io_uring_setup(1, NULL)`: `ENOSYS` from our filter, `EFAULT` from the kernel.
+pub fn probe_io_uring_setup() -> io::Result<i64> {
+    // SAFETY: a null params pointer makes the kernel fail with EFAULT without writing anything.
+    raw_result(unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_setup,
+            1u32,
+            std::ptr::null::<libc::c_void>(),
+        )
+    })
+}
+
+/// `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)`: succeeds or `ENOKEY` in the
+/// kernel, `EPERM` from our filter.
+pub fn probe_keyctl() -> io::Result<i64> {
+    // SAFETY: integer arguments only.
+    raw_result(unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            0 as libc::c_long,
+            -3 as libc::c_long,
+            0 as libc::c_long,
+        )
+    })
+}
+
+/// `bpf(BPF_PROG_LOAD, NULL, 0)`: `EFAULT`/`EINVAL`/`EPERM` from the kernel, `EPERM` from ours.
+pub fn probe_bpf() -> io::Result<i64> {
+    // SAFETY: a null attribute pointer with size 0 is rejected before any use.
+    raw_result(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            5 as libc::c_long,
+            std::ptr::null::<libc::c_void>(),
+            0u32,
+        )
+    })
+}
+
+/// `perf_event_open(NULL, 0, -1, -1, 0)`: `EFAULT` from the kernel, `EPERM` from our filter.
+pub fn probe_perf_event_open() -> io::Result<i64> {
+    // SAFETY: a null attribute pointer is rejected with EFAULT before any use.
+    raw_result(unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            std::ptr::null::<libc::c_void>(),
+            0,
+            -1,
+            -1,
+            0u64,
+        )
+    })
+}
+
+/// `userfaultfd(O_CLOEXEC)`: a new fd (closed at once) or `EPERM`.
+pub fn probe_userfaultfd() -> io::Result<i64> {
+    // SAFETY: integer argument only; a returned fd is closed right away below.
+    let rc = raw_result(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) })?;
+    drop(own_fd_from_kernel(rc as RawFd));
+    Ok(rc)
+}
+
+/// `ptrace(PTRACE_TRACEME)`: succeeds in the kernel, `EPERM` from our filter.
+pub fn probe_ptrace_traceme() -> io::Result<i64> {
+    // SAFETY: integer arguments only; PTRACE_TRACEME has no effect without a tracer.
+    raw_result(unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0usize, 0usize) })
+}
+
+/// `personality(ADDR_NO_RANDOMIZE)`: succeeds in the kernel, `EPERM` from our filter. The old
+/// persona is restored when the call succeeded.
+pub fn probe_personality_no_randomize() -> io::Result<i64> {
+    const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
+    // SAFETY: integer argument only.
+    let old = raw_result(unsafe { libc::syscall(libc::SYS_personality, ADDR_NO_RANDOMIZE) })?;
+    // SAFETY: integer argument only (restores the previous persona).
+    unsafe { libc::syscall(libc::SYS_personality, old as libc::c_ulong) };
+    Ok(old)
+}
+
+/// `ioctl(fd, TIOCSTI, "x")`: `ENOTTY`/`EIO`/`EPERM` from the kernel (not a terminal, or no
+/// `CAP_SYS_ADMIN` with `legacy_tiocsti=0`), `EPERM` from our filter.
+pub fn probe_tiocsti(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let byte: libc::c_char = b'x' as libc::c_char;
+    // SAFETY: the pointer refers to a live local byte for the duration of the call.
+    raw_result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSTI, &byte) } as libc::c_long)
+}
+
+/// `setns(-1, 0)`: `EBADF` from the kernel, `EPERM` from our filter.
+pub fn probe_setns() -> io::Result<i64> {
+    // SAFETY: integer arguments only.
+    raw_result(unsafe { libc::syscall(libc::SYS_setns, -1, 0) })
+}
+
+/// `clone(flags | SIGCHLD)` without a new stack (fork semantics); the child exits at once with
+/// status 0 and is reaped here. Used to check that namespace flags are refused.
+pub fn probe_clone(flags: libc::c_int) -> io::Result<i64> {
+    // SAFETY: as in `clone_parent`: null stack, no pointer-taking flags; the child only calls
+    // `_exit`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match rc {
+        -1 => Err(io::Error::last_os_error()),
+        0 => exit_now(0),
+        pid => {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as libc::pid_t), None);
+            Ok(pid)
+        }
+    }
+}
+
+/// `socket(domain, type, protocol)` with raw numbers (families `nix` has no names for); a created
+/// socket is closed at once.
+pub fn probe_socket(
+    domain: libc::c_int,
+    ty: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<i64> {
+    // SAFETY: integer arguments only; a returned fd is closed right away below.
+    let rc = raw_result(unsafe { libc::socket(domain, ty, protocol) } as libc::c_long)?;
+    drop(own_fd_from_kernel(rc as RawFd));
+    Ok(rc)
+}
