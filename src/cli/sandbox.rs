@@ -29,7 +29,7 @@ pub struct SandboxArgs {
     /// Make PATH visible read-write (repeatable).
     #[arg(long = "allow-write", value_name = "PATH")]
     pub allow_write: Vec<PathBuf>,
-    /// Print the layer report (JSON) on stderr once the command runs.
+    /// Print the layer report on stderr once the command runs (one line: `aip: report: {json}`).
     #[arg(long)]
     pub report: bool,
     /// Print the planned sandbox (mounts, environment) and exit without running anything.
@@ -127,8 +127,8 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let child = Arc::new(sandbox::spawn(&planned.spec, stdio)?);
     if args.report {
         eprintln!(
-            "{}",
-            serde_json::to_string_pretty(&child.report().to_json())?
+            "aip: report: {}",
+            serde_json::to_string(&child.report().to_json())?
         );
     }
     let forwarder = Arc::clone(&child);

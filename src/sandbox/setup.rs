@@ -184,6 +184,12 @@ fn reaper_process(prepared: &Prepared, channels: Channels) -> ! {
         report_failure(report.as_fd(), failure);
     }
     drop(report);
+    // Keep only the control socket: any other copy of the report pipe (the first process's
+    // duplicate lives on in our inherited stack) would hide the server's exec from the
+    // supervisor, which waits for end-of-file.
+    if close_all_except(&[ctl.as_raw_fd()]).is_err() {
+        sys::exit_now(125);
+    }
     reaper::run(server, ctl)
 }
 
