@@ -75,6 +75,17 @@ fn assert_allowed(results: &[ProbeResult], check: &str) {
     assert!(r.succeeded, "{check} should succeed (control): {r:?}");
 }
 
+/// `aip sandbox ARGS…` run in `/` with stdin from /dev/null.
+fn aip_sandbox<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(aip_bin())
+        .current_dir("/")
+        .arg("sandbox")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aip sandbox")
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -411,14 +422,13 @@ fn a_setuid_binary_gains_nothing() {
         policy_dir.path(),
         &format!("filesystem:\n  exec: [{}]", dir.path().display()),
     );
-    let out = Command::new(aip_bin())
-        .current_dir("/")
-        .args(["sandbox", "--policy", policy_path.to_str().unwrap(), "--"])
-        .arg(&id)
-        .arg("-u")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = aip_sandbox(&[
+        OsStr::new("--policy"),
+        policy_path.as_os_str(),
+        OsStr::new("--"),
+        id.as_os_str(),
+        OsStr::new("-u"),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
 }
@@ -634,17 +644,7 @@ fn a_landlock_floor_above_the_kernel_is_refused() {
     }
     let dir = shared_tempdir();
     let policy = write_policy(dir.path(), &format!("landlock: {{min_abi: {}}}", abi + 1));
-    let out = Command::new(aip_bin())
-        .args([
-            "sandbox",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--",
-            "/bin/true",
-        ])
-        .current_dir("/")
-        .output()
-        .unwrap();
+    let out = aip_sandbox(&["--policy", policy.to_str().unwrap(), "--", "/bin/true"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(&format!("below the policy's floor {}", abi + 1)),
@@ -655,11 +655,7 @@ fn a_landlock_floor_above_the_kernel_is_refused() {
 
 #[test]
 fn the_report_names_every_layer() {
-    let out = Command::new(aip_bin())
-        .current_dir("/")
-        .args(["sandbox", "--report", "--", "/bin/true"])
-        .output()
-        .unwrap();
+    let out = aip_sandbox(&["--report", "--", "/bin/true"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = report_of(&out);
     for layer in [
@@ -690,17 +686,7 @@ fn an_unenforceable_cpu_limit_is_refused_without_degradation() {
     }
     let dir = shared_tempdir();
     let policy = write_policy(dir.path(), "resources: {cpu: 0.5}");
-    let out = Command::new(aip_bin())
-        .args([
-            "sandbox",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--",
-            "/bin/true",
-        ])
-        .current_dir("/")
-        .output()
-        .unwrap();
+    let out = aip_sandbox(&["--policy", policy.to_str().unwrap(), "--", "/bin/true"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).starts_with("aip: resources: cannot enforce cpu.max"),
@@ -713,20 +699,15 @@ fn an_unenforceable_cpu_limit_is_refused_without_degradation() {
 fn memory_limits_apply_without_cgroups() {
     let dir = shared_tempdir();
     let policy = write_policy(dir.path(), "resources: {memory: 64M}");
-    let out = Command::new(aip_bin())
-        .args([
-            "sandbox",
-            "--report",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--",
-            "/bin/sh",
-            "-c",
-            "ulimit -d",
-        ])
-        .current_dir("/")
-        .output()
-        .unwrap();
+    let out = aip_sandbox(&[
+        "--report",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "ulimit -d",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = report_of(&out);
     if report["resources"]["mechanism"] == "rlimit" {
@@ -742,12 +723,7 @@ fn a_missing_interpreter_is_named_before_anything_runs() {
     let script = dir.path().join("server");
     std::fs::write(&script, "#!/opt/nowhere/bin/node\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(aip_bin())
-        .args(["sandbox", "--"])
-        .arg(&script)
-        .current_dir("/")
-        .output()
-        .unwrap();
+    let out = aip_sandbox(&[OsStr::new("--"), script.as_os_str()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("the #! interpreter of"),
@@ -762,12 +738,7 @@ fn an_exec_failure_inside_names_the_layer_and_a_fix() {
     let script = dir.path().join("not-executable");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(aip_bin())
-        .args(["sandbox", "--"])
-        .arg(&script)
-        .current_dir("/")
-        .output()
-        .unwrap();
+    let out = aip_sandbox(&[OsStr::new("--"), script.as_os_str()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("filesystem: execve"), "{err}");
