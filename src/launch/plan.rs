@@ -35,6 +35,8 @@ pub const DEFAULT_UID: u32 = 65534;
 pub const HOSTNAME: &str = "sandbox";
 const ROOT_SIZE: u64 = 4 << 20;
 const DEV_SIZE: u64 = 64 << 10;
+/// `/etc` files up to this size are copied into the sandbox rather than bound.
+const COPY_LIMIT: usize = 256 << 10;
 
 /// Directories whose contents are the system runtime (read-only, executable).
 const SYSTEM_DIRS: &[&str] = &[
@@ -442,39 +444,56 @@ pub fn plan(input: &PlanInput<'_>, fs: &dyn HostFs) -> Result<Plan, PlanError> {
     if network == Network::Host {
         etc.extend(["/etc/resolv.conf", "/etc/hosts"]);
     }
+    // Small files are copied onto the root tmpfs (a write is far cheaper than a bind mount, and
+    // a snapshot is what a read-only view means); directories and large files are bound.
+    let mut copies: Vec<GeneratedFile> = Vec::new();
     for entry in etc {
         let path = Path::new(entry);
         if covered(&mounts, path) {
             continue;
         }
-        match fs.kind(path) {
+        let source = match fs.kind(path) {
             Ok(Kind::Symlink) => {
                 let target = fs.read_link(path).map_err(|e| io_error(entry, e))?;
-                // A link that leaves the visible tree (e.g. to /run) would dangle; bind its
-                // target instead when that is a regular file.
-                let resolved = fs.canonicalize(path).ok();
-                match resolved {
+                // A link into the visible tree stays a link; one that leaves it (e.g. to /run)
+                // would dangle, so its target is used when that is a regular file (never a
+                // socket).
+                match fs.canonicalize(path).ok() {
                     Some(real)
                         if !covered(&mounts, &real)
                             && matches!(fs.kind(&real), Ok(Kind::File { .. })) =>
                     {
-                        // A regular file (never a socket), read-only: safe even below /run.
-                        mounts.push(Mount {
-                            target: path.into(),
-                            kind: MountKind::Bind {
-                                source: real,
-                                access: Access::ReadOnly,
-                            },
-                        });
+                        real
                     }
-                    _ => symlinks.push(Symlink {
-                        path: path.into(),
-                        target,
-                    }),
+                    _ => {
+                        symlinks.push(Symlink {
+                            path: path.into(),
+                            target,
+                        });
+                        continue;
+                    }
                 }
             }
-            Ok(Kind::File { .. } | Kind::Dir) => mounts.push(bind(entry, entry, Access::ReadOnly)),
-            _ => {}
+            Ok(Kind::File { .. }) => path.to_path_buf(),
+            Ok(Kind::Dir) => {
+                mounts.push(bind(entry, entry, Access::ReadOnly));
+                continue;
+            }
+            _ => continue,
+        };
+        match fs.read_head(&source, COPY_LIMIT + 1) {
+            Ok(contents) if contents.len() <= COPY_LIMIT => copies.push(GeneratedFile {
+                path: path.into(),
+                contents,
+                mode: 0o644,
+            }),
+            _ => mounts.push(Mount {
+                target: path.into(),
+                kind: MountKind::Bind {
+                    source,
+                    access: Access::ReadOnly,
+                },
+            }),
         }
     }
     let name = if user.uid == DEFAULT_UID {
@@ -482,7 +501,8 @@ pub fn plan(input: &PlanInput<'_>, fs: &dyn HostFs) -> Result<Plan, PlanError> {
     } else {
         "sandbox"
     };
-    let mut files = vec![
+    let mut files = copies;
+    files.extend([
         GeneratedFile {
             path: "/etc/passwd".into(),
             contents: passwd(name, &user).into_bytes(),
@@ -498,7 +518,7 @@ pub fn plan(input: &PlanInput<'_>, fs: &dyn HostFs) -> Result<Plan, PlanError> {
             contents: format!("{HOSTNAME}\n").into_bytes(),
             mode: 0o644,
         },
-    ];
+    ]);
     if network != Network::Host {
         files.push(GeneratedFile {
             path: "/etc/hosts".into(),

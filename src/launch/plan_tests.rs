@@ -524,7 +524,7 @@ fn the_runtime_directory_cannot_be_made_writable() {
 }
 
 #[test]
-fn host_network_binds_the_real_resolver_and_warns() {
+fn host_network_copies_the_real_resolver_and_warns() {
     let fs = FakeFs::new();
     let config = SandboxConfig {
         network: Some(Network::Host),
@@ -532,25 +532,16 @@ fn host_network_binds_the_real_resolver_and_warns() {
     };
     let plan = run(&fs, &config, &["true"], "/", &Overrides::default()).unwrap();
     assert_eq!(plan.spec.net, NetMode::Host);
-    assert!(
-        plan.spec
-            .mounts
-            .iter()
-            .any(|m| m.target == Path::new("/etc/resolv.conf")
-                && m.kind
-                    == MountKind::Bind {
-                        source: "/run/systemd/resolve/stub-resolv.conf".into(),
-                        access: Access::ReadOnly
-                    })
-    );
+    // The host's resolver file (behind a symlink into /run) is copied, never generated.
+    let resolv: Vec<_> = plan
+        .spec
+        .files
+        .iter()
+        .filter(|f| f.path == Path::new("/etc/resolv.conf"))
+        .collect();
+    assert_eq!(resolv.len(), 1);
+    assert_eq!(resolv[0].contents, b"nameserver 127.0.0.53\n");
     assert!(plan.notes.iter().any(|n| n.level == NoteLevel::Warn));
-    assert!(
-        !plan
-            .spec
-            .files
-            .iter()
-            .any(|f| f.path == Path::new("/etc/resolv.conf"))
-    );
 }
 
 #[test]

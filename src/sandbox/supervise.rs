@@ -138,8 +138,11 @@ fn launch(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sandb
         ctl.as_fd(),
         deadline.saturating_duration_since(Instant::now()),
     );
-    // The first setup process exits right after the handoff (or after reporting a failure).
-    let _ = waitpid(first, None);
+    // The first setup process exits right after the handoff (or after reporting a failure); it
+    // is reaped once the reaper runs, off the critical path.
+    let reap_first = || {
+        let _ = waitpid(first, None);
+    };
     let cleanup = |prepared: &Prepared| {
         if let Some(cg) = &prepared.cgroup {
             cg.remove();
@@ -148,6 +151,7 @@ fn launch(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sandb
     let (reaper, listeners) = match handoff {
         Ok(Some(handoff)) => handoff,
         Ok(None) | Err(_) => {
+            reap_first();
             let frames = protocol::read_frames(report_r, deadline);
             cleanup(&prepared);
             return Err(match outcome(frames) {
@@ -173,11 +177,14 @@ fn launch(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sandb
         Ok(fd) => fd,
         Err(e) => {
             kill_reaper(None);
+            reap_first();
             cleanup(&prepared);
             return Err(SandboxError::supervisor("pidfd_open")(e));
         }
     };
-    if let Err(e) = protocol::send_go(ctl.as_fd()) {
+    let go = protocol::send_go(ctl.as_fd());
+    reap_first();
+    if let Err(e) = go {
         kill_reaper(Some(&pidfd));
         cleanup(&prepared);
         return Err(SandboxError::supervisor("start reaper")(e));
