@@ -248,3 +248,91 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+    use super::*;
+
+    #[test]
+    fn pid_and_listener_fds_cross_the_control_socket_in_order() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let files: Vec<OwnedFd> = (0..3)
+            .map(|i| {
+                let mut f = tempfile::tempfile().unwrap();
+                write!(f, "listener {i}").unwrap();
+                OwnedFd::from(f)
+            })
+            .collect();
+        send_pid(a.as_fd(), Pid::from_raw(4242), &files).unwrap();
+        let (pid, fds) = recv_pid(b.as_fd(), Duration::from_secs(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(pid, Pid::from_raw(4242));
+        assert_eq!(fds.len(), 3);
+        for (i, fd) in fds.into_iter().enumerate() {
+            let mut f = std::fs::File::from(fd);
+            use std::io::{Read, Seek};
+            f.rewind().unwrap();
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+            assert_eq!(s, format!("listener {i}"));
+        }
+        drop(a);
+        assert!(
+            recv_pid(b.as_fd(), Duration::from_secs(1))
+                .unwrap()
+                .is_none(),
+            "end-of-file means no handoff"
+        );
+    }
+
+    #[test]
+    fn go_and_exit_status_round_trip() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        send_go(a.as_fd()).unwrap();
+        assert!(wait_go(b.as_fd()));
+        send_exit(b.as_fd(), Ended::Signal(15));
+        assert_eq!(try_recv_exit(a.as_fd()), Some(Ended::Signal(15)));
+        assert_eq!(try_recv_exit(a.as_fd()), None);
+        drop(a);
+        assert!(!wait_go(b.as_fd()));
+    }
+
+    #[test]
+    fn frames_survive_the_pipe_and_failures_are_found() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        send_frame(w.as_fd(), &Frame::Filesystem { mounts: 3 });
+        let failure = SetupFailure::reason(
+            super::super::spec::Layer::Landlock,
+            "restrict_self",
+            "EPERM",
+        );
+        send_frame(w.as_fd(), &Frame::Failure(failure.clone()));
+        drop(w);
+        let frames = read_frames(
+            std::fs::File::from(r),
+            Instant::now() + Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            frames,
+            vec![Frame::Filesystem { mounts: 3 }, Frame::Failure(failure)]
+        );
+    }
+}

@@ -1044,3 +1044,140 @@ fn node_mcp_server_filesystem_works_in_its_granted_directory_only() {
         "from the sandbox"
     );
 }
+
+// ---- the library contract (what `launch` and the daemon rely on) -------------------------------
+
+/// Plans `command` with default policy through the real planner.
+fn planned(command: &[&str], no_sandbox: bool) -> aip::sandbox::SandboxSpec {
+    use aip::launch::plan::{Overrides, PlanInput, RealFs, plan};
+    let command: Vec<std::ffi::OsString> = command.iter().map(Into::into).collect();
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+    let config = aip::policy::sandbox_config::SandboxConfig::default();
+    let overrides = Overrides {
+        no_sandbox,
+        ..Default::default()
+    };
+    let input = PlanInput {
+        config: &config,
+        command: &command,
+        cwd: Path::new("/"),
+        overrides: &overrides,
+        env: &env,
+        hidden: &[],
+    };
+    plan(&input, &RealFs).expect("plan").spec
+}
+
+fn null_stdio() -> [std::os::fd::OwnedFd; 3] {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap()
+            .into()
+    };
+    [open(), open(), open()]
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; its state is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|x| x.1.trim_start().starts_with(|c| c != 'Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_sandbox_spawned_from_a_short_lived_thread_outlives_the_thread_and_is_usable_elsewhere() {
+    let spec = planned(&["/bin/sleep", "300"], false);
+    let child =
+        std::thread::spawn(move || aip::sandbox::spawn(&spec, null_stdio()).expect("spawn"))
+            .join()
+            .unwrap();
+    // The spawning thread is gone; the parent-death signal must not have fired.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        alive(child.pid()),
+        "the sandbox died with the thread that spawned it"
+    );
+    assert_eq!(child.try_wait().unwrap(), None);
+    assert!(child.take_listeners().is_empty());
+    let child = std::sync::Arc::new(child);
+    let waiter = {
+        let child = std::sync::Arc::clone(&child);
+        std::thread::spawn(move || child.wait().unwrap())
+    };
+    child.signal_all(nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exit = waiter.join().unwrap();
+    assert_eq!(exit, aip::sandbox::SandboxExit::Signal(15));
+    assert_eq!(exit.code(), 143);
+    assert_eq!(child.try_wait().unwrap(), Some(exit));
+    // Signalling a finished sandbox is harmless.
+    child.kill_all().unwrap();
+}
+
+#[test]
+fn dropping_the_handle_kills_the_whole_sandbox() {
+    let spec = planned(&["/bin/sh", "-c", "sleep 300 & sleep 300 & wait"], false);
+    let child = aip::sandbox::spawn(&spec, null_stdio()).expect("spawn");
+    let reaper = child.pid();
+    let mut tree = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        tree = descendants(reaper);
+        tree.len() >= 3
+    }));
+    drop(child);
+    assert!(!alive(reaper));
+    assert!(
+        wait_until(Duration::from_secs(5), || tree.iter().all(|p| !alive(*p))),
+        "{tree:?}"
+    );
+}
+
+#[test]
+fn a_disabled_sandbox_is_a_plain_process_group_that_still_dies_as_a_tree() {
+    let spec = planned(&["/bin/sh", "-c", "sleep 300 & wait"], true);
+    assert!(!spec.enabled);
+    let child = aip::sandbox::spawn(&spec, null_stdio()).expect("spawn");
+    assert!(!child.report().enabled);
+    assert_eq!(child.report().to_json()["seccomp"]["status"], "disabled");
+    let shell = child.pid();
+    let mut tree = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        tree = descendants(shell);
+        !tree.is_empty()
+    }));
+    // Its own session and process group.
+    let stat = std::fs::read_to_string(format!("/proc/{shell}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        fields[2],
+        shell.to_string(),
+        "not a process-group leader: {stat}"
+    );
+    child.kill_all().unwrap();
+    assert_eq!(child.wait().unwrap(), aip::sandbox::SandboxExit::Signal(9));
+    assert!(
+        wait_until(Duration::from_secs(5), || tree.iter().all(|p| !alive(*p))),
+        "{tree:?}"
+    );
+}
+
+#[test]
+fn spawn_reports_a_failed_layer_synchronously() {
+    let mut spec = planned(&["/bin/true"], false);
+    spec.cwd = "/nonexistent-cwd".into();
+    let err = aip::sandbox::spawn(&spec, null_stdio()).unwrap_err();
+    assert_eq!(err.layer(), Some(aip::sandbox::Layer::Filesystem));
+    assert!(err.to_string().contains("chdir /nonexistent-cwd"), "{err}");
+    assert!(err.to_string().contains("hint:"), "{err}");
+}
