@@ -112,7 +112,7 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.dry_run {
-        print_plan(&planned.spec);
+        print_plan(&planned.spec)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(runs) = args.timing {
@@ -143,47 +143,56 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from((exit.code() & 0xff) as u8))
 }
 
-#[allow(clippy::print_stdout)]
-fn print_plan(spec: &sandbox::SandboxSpec) {
-    println!("executable: {}", spec.executable.display());
-    println!("cwd: {}", spec.cwd.display());
-    println!("seccomp: {}", spec.seccomp.name());
-    println!("user (when root): {}:{}", spec.user.uid, spec.user.gid);
-    println!("network: {:?}", spec.net);
-    println!("landlock floor: {}", spec.landlock.min_abi);
-    println!("mounts:");
+/// Prints the plan on stdout (a closed pipe, as with `| head`, is not an error).
+fn print_plan(spec: &sandbox::SandboxSpec) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "executable: {}", spec.executable.display())?;
+    writeln!(out, "cwd: {}", spec.cwd.display())?;
+    writeln!(out, "seccomp: {}", spec.seccomp.name())?;
+    writeln!(out, "user (when root): {}:{}", spec.user.uid, spec.user.gid)?;
+    writeln!(out, "network: {:?}", spec.net)?;
+    writeln!(out, "landlock floor: {}", spec.landlock.min_abi)?;
+    writeln!(out, "mounts:")?;
     for m in &spec.mounts {
         match &m.kind {
             sandbox::MountKind::Bind { source, access } if *source == m.target => {
-                println!("  {} ({access:?})", m.target.display())
+                writeln!(out, "  {} ({access:?})", m.target.display())?
             }
-            sandbox::MountKind::Bind { source, access } => {
-                println!(
-                    "  {} <- {} ({access:?})",
-                    m.target.display(),
-                    source.display()
-                )
-            }
-            sandbox::MountKind::Tmpfs { size, writable, .. } => {
-                println!(
-                    "  {} (tmpfs, {} KiB{})",
-                    m.target.display(),
-                    size >> 10,
-                    if *writable { "" } else { ", read-only" }
-                )
-            }
-            sandbox::MountKind::Proc => println!("  {} (proc)", m.target.display()),
+            sandbox::MountKind::Bind { source, access } => writeln!(
+                out,
+                "  {} <- {} ({access:?})",
+                m.target.display(),
+                source.display()
+            )?,
+            sandbox::MountKind::Tmpfs { size, writable, .. } => writeln!(
+                out,
+                "  {} (tmpfs, {} KiB{})",
+                m.target.display(),
+                size >> 10,
+                if *writable { "" } else { ", read-only" }
+            )?,
+            sandbox::MountKind::Proc => writeln!(out, "  {} (proc)", m.target.display())?,
         }
     }
     for l in &spec.symlinks {
-        println!("  {} -> {}", l.path.display(), l.target.display());
+        writeln!(out, "  {} -> {}", l.path.display(), l.target.display())?;
     }
     for f in &spec.files {
-        println!("  {} (generated)", f.path.display());
+        writeln!(
+            out,
+            "  {} ({} bytes, generated)",
+            f.path.display(),
+            f.contents.len()
+        )?;
     }
-    println!("environment:");
+    writeln!(out, "environment:")?;
     for (k, v) in &spec.env {
-        println!("  {}={}", k.to_string_lossy(), v.to_string_lossy());
+        writeln!(out, "  {}={}", k.to_string_lossy(), v.to_string_lossy())?;
+    }
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

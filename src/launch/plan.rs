@@ -34,7 +34,6 @@ pub const DEFAULT_LANDLOCK_FLOOR: u32 = 1;
 pub const DEFAULT_UID: u32 = 65534;
 pub const HOSTNAME: &str = "sandbox";
 const ROOT_SIZE: u64 = 4 << 20;
-const DEV_SIZE: u64 = 64 << 10;
 /// `/etc` files up to this size are copied into the sandbox rather than bound.
 const COPY_LIMIT: usize = 256 << 10;
 
@@ -45,8 +44,6 @@ const SYSTEM_DIRS: &[&str] = &[
 /// `/etc` entries programs need (loader cache, name service switch, time zone, CA certificates).
 const ETC_ENTRIES: &[&str] = &[
     "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
     "/etc/nsswitch.conf",
     "/etc/host.conf",
     "/etc/gai.conf",
@@ -54,7 +51,6 @@ const ETC_ENTRIES: &[&str] = &[
     "/etc/timezone",
     "/etc/ssl/certs",
     "/etc/ssl/openssl.cnf",
-    "/etc/ca-certificates",
     "/etc/ca-certificates.conf",
     "/etc/pki/tls/certs",
     "/etc/pki/ca-trust",
@@ -378,14 +374,7 @@ pub fn plan(input: &PlanInput<'_>, fs: &dyn HostFs) -> Result<Plan, PlanError> {
         target: "/proc".into(),
         kind: MountKind::Proc,
     });
-    mounts.push(Mount {
-        target: "/dev".into(),
-        kind: MountKind::Tmpfs {
-            size: DEV_SIZE,
-            mode: 0o755,
-            writable: false,
-        },
-    });
+    // Device nodes are bound onto the read-only root tmpfs (no /dev tmpfs: one mount less).
     for dev in DEVICES {
         mounts.push(bind(dev, dev, Access::Device));
     }

@@ -88,12 +88,31 @@ pub fn rules_for(spec: &SandboxSpec) -> Vec<Rule> {
             grant,
         });
     }
+    // Generated files sit on the read-only root tmpfs: one read rule per directory holding them
+    // (fewer rules to build; such a directory holds nothing else but mount points, which have
+    // their own rules).
+    let mut dirs: Vec<PathBuf> = Vec::new();
     for file in &spec.files {
-        rules.push(Rule {
-            path: file.path.clone(),
-            grant: Grant::Read,
-        });
+        let dir = file
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let on_root_tmpfs =
+            dir != Path::new("/") && !spec.mounts.iter().any(|m| dir.starts_with(&m.target));
+        if !on_root_tmpfs {
+            rules.push(Rule {
+                path: file.path.clone(),
+                grant: Grant::Read,
+            });
+        } else if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
     }
+    rules.extend(dirs.into_iter().map(|path| Rule {
+        path,
+        grant: Grant::Read,
+    }));
     rules
 }
 

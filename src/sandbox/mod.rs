@@ -19,8 +19,9 @@
 //!    network namespace (`net::setup_in_netns`: `lo`, capture routes, egress listeners, whose
 //!    fds go to the supervisor over `SCM_RIGHTS`), then `clone(CLONE_PARENT)` the reaper so it is
 //!    the supervisor's own child (no waiting intermediate process) and exit.
-//! 4. **Reaper, pid 1 inside** (`setup::reaper_process`, `mounts`, `reaper`): waits for the
-//!    supervisor's "go" (closing the parent-death race), builds the root: private propagation,
+//! 4. **Reaper, pid 1 inside** (`setup::reaper_process`, `mounts`, `reaper`): arms its
+//!    parent-death signal and checks the supervisor's end of the control socket is still open
+//!    (closing the race), builds the root: private propagation,
 //!    binds opened with `openat2(RESOLVE_NO_SYMLINKS)` and made read-only/nosuid/nodev/noexec
 //!    while detached, fresh `/proc` (`hidepid=invisible`), minimal `/dev`, private `/tmp` and
 //!    `/dev/shm`, generated `/etc` files, then `pivot_root` and detach the host tree; forks the

@@ -5,9 +5,9 @@
 //!   End-of-file means every writer is gone: either the server exec'd (success) or the setup
 //!   processes died. Bounded to [`MAX_REPORT`] bytes.
 //! * The control socket (`SOCK_SEQPACKET`): the first setup process sends the reaper's pid and
-//!   the egress listener fds (`SCM_RIGHTS`); the supervisor answers "go" to the reaper once it
-//!   holds its pid (closing the race with the reaper's parent-death signal); the reaper sends the
-//!   server's exit status before it exits.
+//!   the egress listener fds (`SCM_RIGHTS`); the reaper checks the supervisor's end is still
+//!   open once its parent-death signal is armed ([`peer_alive`]), and sends the server's exit
+//!   status over it before it exits.
 
 use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -117,7 +117,6 @@ pub fn read_frames(mut pipe: std::fs::File, deadline: Instant) -> io::Result<Vec
 
 /// Control messages.
 const TAG_PID: u8 = b'P';
-const TAG_GO: u8 = b'G';
 const TAG_EXIT: u8 = b'X';
 
 /// How the server ended, as reported by the reaper.
@@ -182,21 +181,18 @@ pub fn recv_pid(ctl: BorrowedFd<'_>, timeout: Duration) -> io::Result<Option<(Pi
     Ok(Some((Pid::from_raw(pid), fds)))
 }
 
-/// Supervisor → reaper: proceed.
-pub fn send_go(ctl: BorrowedFd<'_>) -> io::Result<()> {
-    nix::sys::socket::send(ctl.as_raw_fd(), &[TAG_GO], MsgFlags::MSG_NOSIGNAL)?;
-    Ok(())
-}
-
-/// Reaper side of [`send_go`]: `true` when the supervisor said go, `false` when it is gone.
-pub fn wait_go(ctl: BorrowedFd<'_>) -> bool {
-    let mut byte = [0u8; 1];
-    loop {
-        match nix::sys::socket::recv(ctl.as_raw_fd(), &mut byte, MsgFlags::empty()) {
-            Ok(1) => return byte[0] == TAG_GO,
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => return false,
-        }
+/// Reaper side of the parent-death race: after arming its parent-death signal, the reaper
+/// checks that the supervisor still holds its end of the control socket (only the supervisor
+/// does). A hang-up means the supervisor died before the signal was armed.
+pub fn peer_alive(ctl: BorrowedFd<'_>) -> bool {
+    // A unix SOCK_SEQPACKET peer that closed leaves us fully shut down: POLLHUP.
+    let mut fds = [PollFd::new(ctl, PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) => true,
+        Ok(_) => !fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => false,
     }
 }
 
@@ -297,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn go_and_exit_status_round_trip() {
+    fn liveness_and_exit_status_round_trip() {
         let (a, b) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -305,13 +301,12 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        send_go(a.as_fd()).unwrap();
-        assert!(wait_go(b.as_fd()));
+        assert!(peer_alive(b.as_fd()));
         send_exit(b.as_fd(), Ended::Signal(15));
         assert_eq!(try_recv_exit(a.as_fd()), Some(Ended::Signal(15)));
         assert_eq!(try_recv_exit(a.as_fd()), None);
         drop(a);
-        assert!(!wait_go(b.as_fd()));
+        assert!(!peer_alive(b.as_fd()));
     }
 
     #[test]

@@ -680,7 +680,9 @@ mod tests {
         for arch in Arch::ALL {
             let table = syscall_numbers(arch).unwrap();
             for name in &names {
-                let Some(&nr) = table.get(name.as_str()) else { continue };
+                let Some(&nr) = table.get(name.as_str()) else {
+                    continue;
+                };
                 let doc = json!({"f": {"mismatch_action": "allow", "match_action": {"errno": 1}, "filter": [{"syscall": name}]}});
                 let map = seccompiler::compile_from_json(doc.to_string().as_bytes(), arch.target())
                     .unwrap();

@@ -5,8 +5,8 @@
 //!   inherited fd, enter the cgroup, user namespace (unprivileged only), unshare the other
 //!   namespaces, host name, network; then clone the reaper as a sibling (`CLONE_PARENT`), hand
 //!   its pid and the listener fds to the supervisor, and exit.
-//! * `reaper` (pid 1 of the new pid namespace, child of the supervisor): waits for the
-//!   supervisor's "go", builds the root file system and pivots into it, forks the server, drops
+//! * `reaper` (pid 1 of the new pid namespace, child of the supervisor): arms its
+//!   parent-death signal and checks the supervisor is still there, builds the root file system and pivots into it, forks the server, drops
 //!   to `CAP_KILL` and becomes the reaper loop.
 //! * `server`: new session, stdio, fds, cwd, rlimits, Landlock ruleset, privileges,
 //!   Landlock enforcement, seccomp, signal mask, `execve`.
@@ -159,9 +159,10 @@ fn network(mode: &NetMode) -> Result<Vec<OwnedFd>, SetupFailure> {
 /// The reaper process (pid 1 of the sandbox's pid namespace). Never returns.
 fn reaper_process(prepared: &Prepared, channels: Channels) -> ! {
     let report = channels.report.as_fd();
-    // Our parent is now the supervisor's spawner thread (CLONE_PARENT).
+    // Our parent is now the supervisor's spawner thread (CLONE_PARENT). Arm the parent-death
+    // signal, then make sure the supervisor did not die before it was armed.
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-        || !protocol::wait_go(channels.ctl.as_fd())
+        || !protocol::peer_alive(channels.ctl.as_fd())
     {
         sys::exit_now(125);
     }

@@ -1,5 +1,5 @@
 //! The supervisor's side of one spawn: creates the report pipe and the control socket, forks the
-//! first setup process, completes the handshake (reaper pid, listener fds, "go"), reads the
+//! first setup process, receives the reaper's pid and the listener fds, reads the
 //! layers' reports until the server has exec'd or a step failed, and builds the
 //! [`SandboxChild`] and its [`LayerReport`].
 //!
@@ -182,13 +182,7 @@ fn launch(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sandb
             return Err(SandboxError::supervisor("pidfd_open")(e));
         }
     };
-    let go = protocol::send_go(ctl.as_fd());
     reap_first();
-    if let Err(e) = go {
-        kill_reaper(Some(&pidfd));
-        cleanup(&prepared);
-        return Err(SandboxError::supervisor("start reaper")(e));
-    }
     let frames = match outcome(protocol::read_frames(report_r, deadline)) {
         Ok(frames) => frames,
         Err(e) => {
