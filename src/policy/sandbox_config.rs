@@ -548,3 +548,85 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().0, "filesystem.read_write[0]");
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../../policies/schema/sandbox.schema.json");
+
+    /// Every key of `value` (recursively, objects only) is a property of `schema` and vice versa.
+    fn same_keys(value: &serde_json::Value, schema: &serde_json::Value, path: &str) {
+        let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+            return;
+        };
+        let Some(object) = value.as_object() else {
+            return;
+        };
+        let in_model: Vec<&String> = object.keys().collect();
+        let in_schema: Vec<&String> = props.keys().collect();
+        assert_eq!(
+            in_model.iter().collect::<std::collections::BTreeSet<_>>(),
+            in_schema.iter().collect::<std::collections::BTreeSet<_>>(),
+            "keys differ at {path}"
+        );
+        assert_eq!(
+            schema.get("additionalProperties"),
+            Some(&serde_json::Value::Bool(false)),
+            "{path} must be closed"
+        );
+        for (key, v) in object {
+            same_keys(v, &props[key], &format!("{path}.{key}"));
+        }
+    }
+
+    #[test]
+    fn the_json_schema_describes_exactly_the_model() {
+        let full = SandboxConfig {
+            filesystem: FilesystemConfig {
+                read_only: vec!["/a".into()],
+                read_write: vec!["/b".into()],
+                exec: vec!["/c".into()],
+                tmpfs: TmpfsConfig {
+                    tmp: Some(Size::Bytes(1 << 20)),
+                    shm: Some(Size::Text("2M".into())),
+                },
+            },
+            env: EnvConfig {
+                pass: vec!["A".into()],
+                set: [("B".to_string(), "c".to_string())].into(),
+            },
+            resources: ResourcesConfig {
+                memory: Some(Size::Bytes(1 << 30)),
+                pids: Some(1),
+                cpu: Some(1.0),
+                open_files: Some(64),
+            },
+            runtime: Some(Runtime::Node),
+            landlock: LandlockConfig { min_abi: Some(1) },
+            network: Some(Network::None),
+            user: Some(UserConfig {
+                uid: 1,
+                gid: Some(1),
+            }),
+            allow_degraded: vec![DegradableLayer::Landlock],
+        };
+        let value = serde_json::to_value(&full).unwrap();
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+        // `env.set` is a free-form map in both.
+        let mut value = value;
+        value["env"]["set"] = serde_json::json!({});
+        same_keys(&value, &schema, "spec.sandbox");
+        assert_eq!(
+            schema["properties"]["landlock"]["properties"]["min_abi"]["maximum"],
+            MAX_LANDLOCK_ABI
+        );
+        let degradable: Vec<String> = schema["properties"]["allow_degraded"]["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(degradable, ["landlock", "seccomp", "resources"]);
+    }
+}
