@@ -826,6 +826,7 @@ fn as_ordinary_user(checks: &[&str]) -> Option<(Vec<ProbeResult>, Output)> {
 fn the_unprivileged_path_enforces_the_same_layers() {
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp_check = format!("connect:127.0.0.1:{}", tcp.local_addr().unwrap().port());
+    let kill_host = format!("kill:{}", std::process::id());
     let checks = [
         "whoami",
         "read:/etc/shadow",
@@ -839,6 +840,20 @@ fn the_unprivileged_path_enforces_the_same_layers() {
         "io-uring",
         "keyctl",
         "tiocsti",
+        "list:/sys",
+        "list:/run",
+        "write:/etc/x",
+        "unshare-net",
+        "setns",
+        "clone-newuser",
+        "bpf",
+        "perf",
+        "userfaultfd",
+        "personality",
+        "socket:packet",
+        "socket:vsock",
+        "resolve:example.com",
+        &kill_host,
         &tcp_check,
     ];
     let Some((r, out)) = as_ordinary_user(&checks) else {
@@ -859,9 +874,29 @@ fn the_unprivileged_path_enforces_the_same_layers() {
     assert_denied(&r, "read:/etc/shadow", "ENOENT");
     assert_denied(&r, "list:/root", "ENOENT");
     assert_denied(&r, "write:/usr/x", "EROFS");
-    for check in ["ptrace", "mount", "unshare-user", "keyctl", "tiocsti"] {
+    for check in [
+        "ptrace",
+        "mount",
+        "unshare-user",
+        "keyctl",
+        "tiocsti",
+        "unshare-net",
+        "setns",
+        "clone-newuser",
+        "bpf",
+        "perf",
+        "userfaultfd",
+        "personality",
+        "socket:packet",
+        "socket:vsock",
+    ] {
         assert_denied(&r, check, "EPERM");
     }
+    assert_denied(&r, "list:/sys", "ENOENT");
+    assert_denied(&r, "list:/run", "ENOENT");
+    assert_denied(&r, "write:/etc/x", "EROFS");
+    assert_denied(&r, &kill_host, "ESRCH");
+    assert!(!get(&r, "resolve:example.com").succeeded);
     assert_denied(&r, "clone3", "ENOSYS");
     assert_denied(&r, "io-uring", "ENOSYS");
     if aip::sandbox::landlock::kernel_abi() >= 4 {
