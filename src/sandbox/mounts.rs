@@ -10,12 +10,12 @@
 //! this module made: never inside a bind of a host directory. This module must not choose
 //! paths: the spec does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -113,78 +113,112 @@ fn detach_source(
     Ok(Detached { mount, is_dir })
 }
 
-/// The tmpfs mounts this module created, by device number: the only places where it may create
-/// directories and files.
-struct Ours {
-    devices: HashSet<u64>,
+/// The new root while it is being built: directories already opened (each path is resolved
+/// once), and which tmpfs mounts are ours (by device number): the only places where directories
+/// and files may be created.
+struct Tree {
+    root: OwnedFd,
+    dirs: HashMap<PathBuf, OwnedFd>,
+    ours: HashSet<u64>,
 }
 
-impl Ours {
-    fn contains(&self, fd: &impl AsFd) -> bool {
-        fstat(fd.as_fd())
-            .map(|st| self.devices.contains(&st.st_dev))
+impl Tree {
+    fn new(root: OwnedFd) -> Tree {
+        let mut tree = Tree {
+            root,
+            dirs: HashMap::new(),
+            ours: HashSet::new(),
+        };
+        let root_fd = tree.root.try_clone().ok();
+        if let Some(fd) = root_fd {
+            tree.mark_ours(&fd);
+        }
+        tree
+    }
+
+    fn is_ours(&self, fd: BorrowedFd<'_>) -> bool {
+        fstat(fd)
+            .map(|st| self.ours.contains(&st.st_dev))
             .unwrap_or(false)
     }
-    fn add(&mut self, fd: &impl AsFd) {
+
+    fn mark_ours(&mut self, fd: &impl AsFd) {
         if let Ok(st) = fstat(fd.as_fd()) {
-            self.devices.insert(st.st_dev);
+            self.ours.insert(st.st_dev);
         }
     }
-}
 
-/// Opens (creating on our tmpfs when missing) every directory of `dir`, relative to `root`.
-fn open_dirs(root: &OwnedFd, dir: &Path, ours: &Ours) -> Result<OwnedFd, SetupFailure> {
-    let step = || format!("create {}", dir.display());
-    let mut current = root.try_clone().map_err(|e| fail(step(), &e))?;
-    for component in dir.components() {
-        let name = match component {
-            Component::Normal(name) => name,
-            Component::RootDir => continue,
-            _ => {
-                return Err(SetupFailure::reason(
-                    Layer::Filesystem,
-                    step(),
-                    "path is not clean",
-                ));
-            }
-        };
-        current =
-            open_or_create(&current, name, true, 0o755, ours).map_err(|e| fail(step(), &e))?;
+    fn fd(&self, dir: &Path) -> BorrowedFd<'_> {
+        self.dirs
+            .get(dir)
+            .map_or(self.root.as_fd(), |fd| fd.as_fd())
     }
-    Ok(current)
+
+    /// Opens (creating on our tmpfs when missing) every directory of `dir`; [`Tree::fd`] then
+    /// returns it.
+    fn open_dirs(&mut self, dir: &Path) -> Result<(), SetupFailure> {
+        let step = || format!("create {}", dir.display());
+        let mut prefix = PathBuf::from("/");
+        for component in dir.components() {
+            let name = match component {
+                Component::Normal(name) => name,
+                Component::RootDir => continue,
+                _ => {
+                    return Err(SetupFailure::reason(
+                        Layer::Filesystem,
+                        step(),
+                        "path is not clean",
+                    ));
+                }
+            };
+            let path = prefix.join(name);
+            if !self.dirs.contains_key(&path) {
+                let fd = open_or_create(self, self.fd(&prefix), name, true, 0o755)
+                    .map_err(|e| fail(step(), &e))?;
+                self.dirs.insert(path.clone(), fd);
+            }
+            prefix = path;
+        }
+        Ok(())
+    }
+
+    /// A mount now covers `target`: cached descriptors at or below it refer to what it hides.
+    fn covered(&mut self, target: &Path) {
+        self.dirs.retain(|path, _| !path.starts_with(target));
+    }
 }
 
 /// Opens `name` in `parent` as an `O_PATH` fd, creating it (directory or empty file) first when
 /// it is missing and `parent` is one of our tmpfs mounts.
 fn open_or_create(
-    parent: &OwnedFd,
+    tree: &Tree,
+    parent: BorrowedFd<'_>,
     name: &OsStr,
     dir: bool,
     mode: u32,
-    ours: &Ours,
 ) -> io::Result<OwnedFd> {
     let flags = if dir {
         OFlag::O_PATH | OFlag::O_DIRECTORY
     } else {
         OFlag::O_PATH | OFlag::O_NOFOLLOW
     };
-    match openat2(parent.as_fd(), name, how(flags)) {
+    match openat2(parent, name, how(flags)) {
         Ok(fd) => Ok(fd),
         Err(nix::errno::Errno::ENOENT) => {
-            if !ours.contains(parent) {
+            if !tree.is_ours(parent) {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     "missing inside a bind of a host directory (it is never created there)",
                 ));
             }
             if dir {
-                mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(mode)).map_err(errno)?;
+                mkdirat(parent, name, Mode::from_bits_truncate(mode)).map_err(errno)?;
             } else {
                 let how = how(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW)
                     .mode(Mode::from_bits_truncate(mode));
-                drop(openat2(parent.as_fd(), name, how).map_err(errno)?);
+                drop(openat2(parent, name, how).map_err(errno)?);
             }
-            openat2(parent.as_fd(), name, self::how(flags)).map_err(errno)
+            openat2(parent, name, self::how(flags)).map_err(errno)
         }
         Err(e) => Err(errno(e)),
     }
@@ -199,15 +233,15 @@ fn split(path: &Path) -> (&Path, &OsStr) {
 
 /// Opens the directory that will hold `path`, which must be one of our tmpfs mounts (generated
 /// files and symlinks are never written into a host directory).
-fn parent_on_our_tmpfs<'p>(
-    root: &OwnedFd,
+fn parent_on_our_tmpfs<'t, 'p>(
+    tree: &'t mut Tree,
     path: &'p Path,
-    ours: &Ours,
     step: &str,
-) -> Result<(OwnedFd, &'p OsStr), SetupFailure> {
+) -> Result<(BorrowedFd<'t>, &'p OsStr), SetupFailure> {
     let (parent_path, name) = split(path);
-    let parent = open_dirs(root, parent_path, ours)?;
-    if !ours.contains(&parent) {
+    tree.open_dirs(parent_path)?;
+    let parent = tree.fd(parent_path);
+    if !tree.is_ours(parent) {
         return Err(SetupFailure::reason(
             Layer::Filesystem,
             step,
@@ -231,7 +265,21 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
         None::<&str>,
     )
     .map_err(|e| fail("make mounts private".into(), &errno(e)))?;
+    // Modes are meant exactly; the caller's umask is restored before anything else runs.
+    let umask = nix::sys::stat::umask(Mode::empty());
+    let built = build_tree(spec);
+    nix::sys::stat::umask(umask);
+    let root = built?;
 
+    fchdir(root.as_fd()).map_err(|e| fail("enter new root".into(), &errno(e)))?;
+    pivot_root(".", ".").map_err(|e| fail("pivot_root".into(), &errno(e)))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach host root".into(), &errno(e)))?;
+    nix::unistd::chdir("/").map_err(|e| fail("chdir /".into(), &errno(e)))?;
+    Ok(spec.mounts.len())
+}
+
+/// Everything up to the pivot; returns the (read-only) new root.
+fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
     // Every source is opened and detached before the staging tmpfs covers anything.
     let host_root = nix::fcntl::open(
         "/",
@@ -246,8 +294,8 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
             _ => None,
         });
     }
-
     drop(host_root);
+
     let root_options = format!("size={},mode=0755", spec.root_size);
     mount(
         Some("tmpfs"),
@@ -263,24 +311,22 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
         Mode::empty(),
     )
     .map_err(|e| fail("open root tmpfs".into(), &errno(e)))?;
-    let mut ours = Ours {
-        devices: HashSet::new(),
-    };
-    ours.add(&root);
+    let mut tree = Tree::new(root);
 
     let mut seal_later = Vec::new();
     for (entry, prepared) in spec.mounts.iter().zip(detached) {
         let target = &entry.target;
         let step = |what: &str| format!("{what} {}", target.display());
         let (parent_path, name) = split(target);
-        let parent = open_dirs(&root, parent_path, &ours)?;
         let is_dir = prepared.as_ref().is_none_or(|d| d.is_dir);
+        tree.open_dirs(parent_path)?;
+        let parent = tree.fd(parent_path);
         let point = open_or_create(
-            &parent,
+            &tree,
+            parent,
             name,
             is_dir,
             if is_dir { 0o755 } else { 0o644 },
-            &ours,
         )
         .map_err(|e| fail(step("mount point"), &e))?;
         match (&entry.kind, prepared) {
@@ -310,31 +356,25 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
                 )
                 .map_err(|e| fail(step("tmpfs"), &errno(e)))?;
                 let mounted = openat2(
-                    parent.as_fd(),
+                    tree.fd(parent_path),
                     name,
                     how(OFlag::O_PATH | OFlag::O_DIRECTORY),
                 )
                 .map_err(|e| fail(step("open tmpfs"), &errno(e)))?;
-                ours.add(&mounted);
+                tree.mark_ours(&mounted);
                 if !writable {
                     seal_later.push((target.clone(), mounted));
                 }
             }
             (MountKind::Proc, _) => {
                 let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-                mount(
-                    Some("proc"),
-                    proc_fd_path(&point).as_str(),
-                    Some("proc"),
-                    flags,
-                    Some("hidepid=invisible"),
-                )
-                .map_err(|e| {
-                    fail(step("proc"), &errno(e)).hint(
-                        "procfs can only be mounted where the host's /proc is fully visible \
-                             (not inside containers that mask parts of it)",
-                    )
-                })?;
+                mount(Some("proc"), proc_fd_path(&point).as_str(), Some("proc"), flags, Some("hidepid=invisible"))
+                    .map_err(|e| {
+                        fail(step("proc"), &errno(e)).hint(
+                            "procfs can only be mounted where the host's /proc is fully visible (not inside \
+                             containers that mask parts of it)",
+                        )
+                    })?;
             }
             (MountKind::Bind { .. }, None) => {
                 return Err(SetupFailure::reason(
@@ -344,16 +384,15 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
                 ));
             }
         }
+        tree.covered(target);
     }
 
     for file in &spec.files {
         let step = format!("write {}", file.path.display());
-        let (parent, name) = parent_on_our_tmpfs(&root, &file.path, &ours, &step)?;
+        let (parent, name) = parent_on_our_tmpfs(&mut tree, &file.path, &step)?;
         let how = how(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW)
             .mode(Mode::from_bits_truncate(file.mode));
-        let fd = openat2(parent.as_fd(), name, how).map_err(|e| fail(step.clone(), &errno(e)))?;
-        nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(file.mode))
-            .map_err(|e| fail(step.clone(), &errno(e)))?;
+        let fd = openat2(parent, name, how).map_err(|e| fail(step.clone(), &errno(e)))?;
         std::fs::File::from(fd)
             .write_all(&file.contents)
             .map_err(|e| fail(step, &e))?;
@@ -361,8 +400,8 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
 
     for link in &spec.symlinks {
         let step = format!("symlink {}", link.path.display());
-        let (parent, name) = parent_on_our_tmpfs(&root, &link.path, &ours, &step)?;
-        symlinkat(link.target.as_os_str().as_bytes(), parent.as_fd(), name)
+        let (parent, name) = parent_on_our_tmpfs(&mut tree, &link.path, &step)?;
+        symlinkat(link.target.as_os_str().as_bytes(), parent, name)
             .map_err(|e| fail(step, &errno(e)))?;
     }
 
@@ -370,15 +409,11 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
         sys::mount_setattr(fd.as_fd(), libc::MOUNT_ATTR_RDONLY, 0, false)
             .map_err(|e| fail(format!("make {} read-only", target.display()), &e))?;
     }
+    let Tree { root, .. } = tree;
     let root_attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOEXEC;
     sys::mount_setattr(root.as_fd(), root_attrs, 0, false)
         .map_err(|e| fail("make root read-only".into(), &e))?;
-
-    fchdir(root.as_fd()).map_err(|e| fail("enter new root".into(), &errno(e)))?;
-    pivot_root(".", ".").map_err(|e| fail("pivot_root".into(), &errno(e)))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach host root".into(), &errno(e)))?;
-    nix::unistd::chdir("/").map_err(|e| fail("chdir /".into(), &errno(e)))?;
-    Ok(spec.mounts.len())
+    Ok(root)
 }
 
 #[cfg(test)]

@@ -1216,3 +1216,24 @@ fn spawn_reports_a_failed_layer_synchronously() {
     assert!(err.to_string().contains("chdir /nonexistent-cwd"), "{err}");
     assert!(err.to_string().contains("hint:"), "{err}");
 }
+
+#[test]
+fn the_server_keeps_aips_umask_and_generated_files_their_modes() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = aip_sandbox(&[
+        "--",
+        "/bin/sh",
+        "-c",
+        "umask; stat -c %a /etc/passwd /etc/ld.so.cache /tmp",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, [umask.as_str(), "644", "644", "1777"]);
+}
