@@ -5,6 +5,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use nix::sys::resource::Resource;
@@ -13,6 +14,7 @@ use nix::unistd::{Pid, geteuid, getgid, getpid, getuid};
 use super::cgroup::{self, Cgroup};
 use super::error::SandboxError;
 use super::landlock::{self as ll, Rule};
+use super::net::NetMode;
 use super::report::ResourcesReport;
 use super::resources;
 use super::seccomp::{self, Filters};
@@ -40,6 +42,8 @@ pub struct Prepared {
     pub cgroup: Option<Cgroup>,
     pub cgroup_procs: Option<File>,
     pub resources_report: Option<ResourcesReport>,
+    /// A pre-created network namespace to join instead of creating one (root, pool enabled).
+    pub netns: Option<OwnedFd>,
 }
 
 /// Validates `spec` and makes every decision that may refuse the sandbox.
@@ -86,6 +90,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         cgroup: None,
         cgroup_procs: None,
         resources_report: None,
+        netns: None,
     };
     if !spec.enabled {
         return Ok(prepared);
@@ -169,5 +174,8 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     prepared.rlimits = plan.rlimits;
     prepared.cgroup = plan.cgroup;
     prepared.resources_report = Some(plan.report);
+    if root && !matches!(spec.net, NetMode::Host) {
+        prepared.netns = super::netpool::take();
+    }
     Ok(prepared)
 }

@@ -8,7 +8,7 @@
 //! `udp:ADDR:PORT`, `abstract:NAME`, `resolve:HOST`, `kill:PID`, `fd:N`, `socket:FAMILY`
 //! (`packet`, `netlink-audit`, `vsock`, `alg`, `inet`, `unix`), `ptrace`, `mount`,
 //! `unshare-user`, `unshare-net`, `setns`, `clone-newuser`, `clone3`, `keyctl`, `io-uring`,
-//! `bpf`, `perf`, `userfaultfd`, `personality`, `tiocsti`, `pids`, `whoami`.
+//! `bpf`, `perf`, `userfaultfd`, `personality`, `tiocsti`, `pids`, `netns`, `loopback`, `whoami`.
 
 use std::ffi::OsStr;
 use std::io;
@@ -123,6 +123,8 @@ pub fn run_check(check: &str) -> ProbeResult {
         "personality" => sys::probe_personality_no_randomize().map(done),
         "tiocsti" => sys::probe_tiocsti(std::io::stdin().as_fd()).map(done),
         "pids" => pids(),
+        "netns" => std::fs::read_link("/proc/self/ns/net").map(|p| p.display().to_string()),
+        "loopback" => loopback(),
         "whoami" => whoami(),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -162,6 +164,16 @@ fn socket(family: &str) -> io::Result<String> {
         }
     };
     sys::probe_socket(domain, ty | libc::SOCK_CLOEXEC, proto).map(done)
+}
+
+/// A datagram to ourselves over 127.0.0.1: works only when `lo` is up.
+fn loopback() -> io::Result<String> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    sock.send_to(b"ping", sock.local_addr()?)?;
+    let mut buf = [0u8; 8];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// Numeric entries of `/proc` (the pids visible from here).

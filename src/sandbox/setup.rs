@@ -93,6 +93,9 @@ pub fn first(prepared: &Prepared, channels: Channels) -> ! {
         if let Some(procs) = &prepared.cgroup_procs {
             keep.push(procs.as_raw_fd());
         }
+        if let Some(netns) = &prepared.netns {
+            keep.push(netns.as_raw_fd());
+        }
         close_all_except(&keep).map_err(|e| lifecycle("close inherited fds", e))?;
 
         if let Some(procs) = &prepared.cgroup_procs {
@@ -105,7 +108,14 @@ pub fn first(prepared: &Prepared, channels: Channels) -> ! {
                 .map_err(|e| ns("user namespace", e).hint(namespaces::USERNS_HINT))?;
         }
         let flags = namespaces::flags(&prepared.spec.net);
-        nix::sched::unshare(flags).map_err(|e| ns("unshare", e.into()))?;
+        let mut unshared = flags;
+        if let Some(netns) = &prepared.netns {
+            // A fresh namespace made ahead of time by the pool (root only).
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| ns("join pre-created network namespace", e.into()))?;
+            unshared.remove(nix::sched::CloneFlags::CLONE_NEWNET);
+        }
+        nix::sched::unshare(unshared).map_err(|e| ns("unshare", e.into()))?;
         nix::unistd::sethostname(&prepared.spec.hostname)
             .map_err(|e| ns("sethostname", e.into()))?;
         protocol::send_frame(
@@ -116,7 +126,7 @@ pub fn first(prepared: &Prepared, channels: Channels) -> ! {
             },
         );
 
-        let listeners = network(&prepared.spec.net)?;
+        let listeners = network(&prepared.spec.net, prepared.netns.is_some())?;
         protocol::send_frame(
             report,
             &Frame::Network {
@@ -140,13 +150,15 @@ pub fn first(prepared: &Prepared, channels: Channels) -> ! {
 }
 
 /// Sets up the network namespace (the egress helper's `net` module owns the details).
-fn network(mode: &NetMode) -> Result<Vec<OwnedFd>, SetupFailure> {
+/// `pooled`: the namespace came from the pool, with `lo` already up.
+fn network(mode: &NetMode, pooled: bool) -> Result<Vec<OwnedFd>, SetupFailure> {
     let fail = |e: io::Error| SetupFailure::new(Layer::Network, "network namespace setup", &e);
     match mode {
         NetMode::Host => Ok(Vec::new()),
         NetMode::None => match super::net::setup_in_netns(mode) {
             Ok(fds) => Ok(fds),
             // Until `net` implements it, bringing `lo` up is all "none" needs.
+            Err(e) if e.kind() == io::ErrorKind::Unsupported && pooled => Ok(Vec::new()),
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                 sys::loopback_up().map(|()| Vec::new()).map_err(fail)
             }

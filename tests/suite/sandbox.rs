@@ -1237,3 +1237,67 @@ fn the_server_keeps_aips_umask_and_generated_files_their_modes() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines, [umask.as_str(), "644", "644", "1777"]);
 }
+
+/// Runs `spec` with stdout captured.
+fn run_capturing(spec: &aip::sandbox::SandboxSpec) -> String {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let [stdin, _, stderr] = null_stdio();
+    let child = aip::sandbox::spawn(spec, [stdin, write, stderr]).expect("spawn");
+    let mut out = String::new();
+    std::fs::File::from(read).read_to_string(&mut out).unwrap();
+    child.wait().unwrap();
+    out
+}
+
+#[test]
+fn pre_created_network_namespaces_are_fresh_and_never_shared() {
+    if !is_root() {
+        println!("skipped: the network namespace pool is for a root supervisor");
+        return;
+    }
+    assert!(aip::sandbox::prewarm_network_namespaces(2));
+    std::thread::sleep(Duration::from_millis(200));
+    let aip = aip_bin();
+    let probe = planned(
+        &[aip.to_str().unwrap(), "doctor", "--probe", "loopback"],
+        false,
+    );
+    let out = run_capturing(&probe);
+    let r: Vec<ProbeResult> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_allowed(&r, "loopback");
+
+    // Four sandboxes alive at once (namespace ids may be recycled once a namespace is gone).
+    let spec = planned(
+        &["/bin/sh", "-c", "readlink /proc/self/ns/net; read x"],
+        false,
+    );
+    let host = std::fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .display()
+        .to_string();
+    let mut alive = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (stdin_r, stdin_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let [_, _, err] = null_stdio();
+        let child = aip::sandbox::spawn(&spec, [stdin_r, out_w, err]).expect("spawn");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(std::fs::File::from(out_r)),
+            &mut line,
+        )
+        .unwrap();
+        let netns = line.trim().to_string();
+        assert!(netns.starts_with("net:["), "{netns}");
+        assert_ne!(netns, host);
+        assert!(
+            seen.insert(netns),
+            "a network namespace is shared: {seen:?}"
+        );
+        alive.push((child, stdin_w));
+    }
+}
