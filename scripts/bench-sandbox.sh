@@ -76,6 +76,11 @@ bw50 = rows[2][1] - rows[0][1]
 if bw50 > 0:
     print(f"aip overhead / bwrap overhead (p50): {aip50 / bw50:.2f}")
 print()
-print("in-process spawn (aip sandbox --timing, as aipd pays it):")
-print(open(sys.argv[2]).read().strip())
+timing = open(sys.argv[2]).read().strip()
+print("in-process spawn (aip sandbox --timing, as aipd pays it: no process start-up, seccomp compiled once):")
+print(timing)
+import re
+m = re.search(r"setup \(spawn to exec\): p50 ([0-9.]+) ms", timing)
+if m and bw50 > 0:
+    print(f"in-process spawn-to-exec p50 / bwrap overhead p50: {float(m.group(1)) / bw50:.2f}")
 EOF
