@@ -15,7 +15,8 @@
 //!    signal (tied to the forking *thread*) only fires when the supervisor process dies.
 //! 3. **First setup process** (`setup::first`): parent-death signal, close every inherited fd,
 //!    enter the cgroup, create the user namespace first when not root (own uid/gid mapped),
-//!    unshare mount, pid, net, ipc, uts and cgroup namespaces, set the host name, bring up the
+//!    unshare mount, pid, net (or join one made ahead by `netpool`), ipc, uts and cgroup
+//!    namespaces, set the host name, bring up the
 //!    network namespace (`net::setup_in_netns`: `lo`, capture routes, egress listeners, whose
 //!    fds go to the supervisor over `SCM_RIGHTS`), then `clone(CLONE_PARENT)` the reaper so it is
 //!    the supervisor's own child (no waiting intermediate process) and exit.
@@ -29,8 +30,8 @@
 //! 5. **Server** (`setup::server_steps`): `setsid`, stdio on 0-2 and every other fd
 //!    close-on-exec, cwd, rlimits (`RLIMIT_CORE=0`…), the Landlock ruleset (built while paths
 //!    can still be opened), securebits locked, all capability sets emptied, uid/gid switch,
-//!    `no_new_privs`, Landlock enforced, seccomp (guard, allowlist, enosys) last, signal mask
-//!    cleared, `execve`.
+//!    `no_new_privs`, Landlock enforced, the seccomp filter last (kill on foreign arch/x32,
+//!    ENOSYS for clone3/io_uring, allowlist, EPERM), signal mask cleared, `execve`.
 //!
 //! Each step reports to the supervisor over a close-on-exec pipe; the end of that pipe after the
 //! "ready" frame means the server runs, a failure frame names the layer and step, so `spawn`

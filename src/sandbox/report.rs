@@ -62,7 +62,7 @@ pub struct SeccompReport {
     pub status: LayerStatus,
     pub profile: String,
     pub arch: String,
-    /// Number of stacked filters installed.
+    /// Number of seccomp filters installed (1; 0 when seccomp was allowed to degrade).
     pub filters: u32,
 }
 
