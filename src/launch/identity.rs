@@ -38,7 +38,7 @@ pub fn policy_hash(policy: &Policy) -> Result<String, LaunchError> {
 
 /// The session's token service, when `spec.identity.enabled`.
 pub fn token_service(
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     policy: &Policy,
     policy_path: &Path,
     hash: &str,
@@ -61,7 +61,7 @@ pub fn token_service(
 
 /// Starts the validation server when `spec.server.enabled`.
 pub fn embedded_server(
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     policy: &Policy,
     engine: Arc<Engine>,
     hash: &str,
