@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end with real MCP peers: the npm reference filesystem server and the PyPI time server,
-# driven by the official Python SDK client through `aip run`, with allowed and blocked calls.
+# driven by the official Python SDK client through `aip run` (sandboxed: the filesystem server
+# gets one directory read-only), with allowed and blocked calls.
 # Usage: scripts/e2e-real-peers.sh [AIP_BINARY]   (default: target/release/aip, built if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +16,12 @@ mkdir -p "$work/root"
 echo "hello from a real server" > "$work/root/a.txt"
 echo "aws_access_key_id = AKIAIOSFODNN7EXAMPLE" > "$work/root/creds.txt"
 fails=0
-check() {  # name, policy, steps, mode, server command...
-  local name=$1 policy=$2 steps=$3 mode=$4; shift 4
+check() {  # name, policy, steps, mode, extra aip flags (one word, may be empty), server command...
+  local name=$1 policy=$2 steps=$3 mode=$4 flags=$5; shift 5
   echo "--- $name"
+  # shellcheck disable=SC2086
   if "$py" scripts/mcp_client.py --mode "$mode" "$steps" -- \
-      "$aip" run ${AIP_E2E_FLAGS:-} --policy "$policy" --audit "$work/audit.jsonl" -- "$@"; then
+      "$aip" run ${AIP_E2E_FLAGS:-} $flags --policy "$policy" --audit "$work/audit.jsonl" -- "$@"; then
     echo "PASS $name"
   else
     echo "FAIL $name"; fails=$((fails+1))
@@ -33,7 +35,7 @@ check "filesystem server (npm), read-only policy" policies/filesystem-readonly.y
   {"call": "write_file", "args": {"path": "'"$work"'/root/b.txt", "content": "x"}, "expect": -32001},
   {"call": "read_text_file", "args": {"path": "~/.ssh/id_rsa"}, "expect": -32007},
   {"call": "list_directory", "args": {"path": "'"$work"'/root"}, "contains": "a.txt"}
-]' auto "$peers/node/node_modules/.bin/mcp-server-filesystem" "$work/root"
+]' auto "--allow-read=$work/root" "$peers/node/node_modules/.bin/mcp-server-filesystem" "$work/root"
 
 for mode in auto legacy; do
   check "time server (PyPI), mode $mode" policies/time.yaml '[
@@ -41,7 +43,7 @@ for mode in auto legacy; do
     {"call": "get_current_time", "args": {"timezone": "UTC"}, "contains": "UTC"},
     {"call": "convert_time", "args": {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Paris"}, "contains": "Europe/Paris"},
     {"call": "convert_time", "args": {"source_timezone": "UTC", "time": "12:00; rm -rf /", "target_timezone": "Europe/Paris"}, "expect": -32001}
-  ]' "$mode" "$peers/py/bin/mcp-server-time"
+  ]' "$mode" "" "$peers/py/bin/mcp-server-time"
 done
 
 [ -s "$work/audit.jsonl" ] || { echo "FAIL no audit records"; fails=$((fails+1)); }
