@@ -29,6 +29,10 @@ pub struct CommonArgs {
     /// Refuse a policy without metadata.signature.
     #[arg(long)]
     pub require_signed_policy: bool,
+    /// Also ask this AIP validation server (https://…/v1/validate, or http to loopback) about
+    /// every tool call the policy allows; spec.server.failover_mode decides when it is down.
+    #[arg(long, value_name = "URL", env = "AIP_VALIDATION_SERVER")]
+    pub validation_server: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +126,7 @@ fn options(common: &CommonArgs, command: Vec<String>) -> Options {
             pubkey: common.policy_pubkey.clone(),
             require_signed: common.require_signed_policy,
         },
+        validation_server: common.validation_server.clone(),
     }
 }
 

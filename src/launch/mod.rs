@@ -56,6 +56,8 @@ pub struct Options {
     pub allow_write: Vec<PathBuf>,
     /// How the policy's signature is checked.
     pub signature: SignaturePolicy,
+    /// Remote validation server URL.
+    pub validation_server: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,8 @@ pub struct Instance {
     pub embedded_server: bool,
     /// Session id (a fresh UUID when `None`; the token service's when identity is on).
     pub session_id: Option<String>,
+    /// Remote validation server URL (`--validation-server`; `$AIP_VALIDATION_SERVER` otherwise).
+    pub validation_server: Option<String>,
 }
 
 /// The client side of a session.
@@ -181,6 +185,7 @@ pub fn run_instance(
         runtime,
         embedded_server,
         session_id,
+        validation_server,
     } = inst;
     let hash = identity::policy_hash(&policy)?;
     let mut ctx = EvalContext::new(&cwd)
@@ -271,6 +276,22 @@ pub fn run_instance(
         server_err: Some(Box::new(spawned.stderr)),
         diagnostics: client.diagnostics,
     };
+    let remote = match crate::server::remote_config(validation_server.as_deref(), policy.server())
+        .map_err(|e| LaunchError::Identity(format!("validation server: {e}")))?
+    {
+        None => None,
+        Some(cfg) => {
+            let rt = runtime.clone().ok_or_else(|| {
+                LaunchError::Identity("no runtime for the validation client".into())
+            })?;
+            let validator = crate::server::RemoteValidator::new(cfg, true)
+                .map_err(|e| LaunchError::Identity(format!("validation server: {e}")))?;
+            Some(proxy::Remote {
+                validator: Arc::new(validator),
+                runtime: rt,
+            })
+        }
+    };
     let identity = match (&tokens, &runtime) {
         (Some(t), Some(rt)) => Some(proxy::Identity {
             tokens: Arc::clone(t),
@@ -286,6 +307,7 @@ pub fn run_instance(
         approver,
         session_id: session_id.clone(),
         identity,
+        remote,
     };
     let server = Arc::new(child::ServerTree(Arc::clone(&spawned.child)));
     let status = proxy::run(session, streams, server, handle, signals);
@@ -333,7 +355,8 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
     }
     let needs_runtime = policy.identity().is_some_and(|i| i.enabled)
         || policy.server().is_some_and(|s| s.enabled)
-        || policy.egress().is_some();
+        || policy.egress().is_some()
+        || opts.validation_server.is_some();
     let runtime = if needs_runtime {
         Some(
             tokio::runtime::Builder::new_multi_thread()
@@ -365,6 +388,7 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
         runtime: runtime.as_ref().map(|r| r.handle().clone()),
         embedded_server: true,
         session_id: None,
+        validation_server: opts.validation_server.clone(),
     };
     let client = ClientIo {
         input: Box::new(std::io::stdin()),

@@ -124,6 +124,16 @@ pub struct Session {
     pub session_id: String,
     /// Identity tokens (`spec.identity.enabled`).
     pub identity: Option<Identity>,
+    /// A remote validation server that must also allow each call.
+    pub remote: Option<Remote>,
+}
+
+/// A remote AIP validation server (`--validation-server`): every tool call the local policy
+/// allows must also be allowed there; when it cannot answer, `spec.server.failover_mode` decides.
+#[derive(Clone)]
+pub struct Remote {
+    pub validator: Arc<crate::server::RemoteValidator>,
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Live view of a session for other components (egress audit asks which call is in flight).
@@ -198,6 +208,7 @@ pub(crate) struct Shared {
     approver: Arc<dyn Approver>,
     session_id: String,
     identity: Option<Identity>,
+    remote: Option<Remote>,
     to_server: Output,
     to_client: Output,
     stderr: Mutex<Box<dyn Write + Send>>,
@@ -265,6 +276,7 @@ pub fn run(
         approver: session.approver,
         session_id: session.session_id,
         identity: session.identity,
+        remote: session.remote,
     });
     *handle.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&sh));
 

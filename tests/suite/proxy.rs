@@ -852,3 +852,108 @@ fn a_policy_with_a_bad_signature_is_refused_with_32010() {
     assert_eq!(r.drv.wait(Duration::from_secs(10)).code(), Some(2));
     assert!(r.received().is_empty());
 }
+
+/// An `aip server` on a free loopback port, killed on drop.
+struct ValidationServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ValidationServer {
+    fn start(policy: &Path) -> ValidationServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(aip_bin())
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--policy",
+            ])
+            .arg(policy)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the validation server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        ValidationServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/validate", self.port)
+    }
+}
+
+impl Drop for ValidationServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_remote_validation_server_must_also_allow_each_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = policy_file(
+        dir.path(),
+        "central.yaml",
+        "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {name: central}\nspec:\n  allowed_tools: [echo]\n",
+    );
+    let local = |failover: &str| {
+        policy_file(
+            dir.path(),
+            &format!("local-{failover}.yaml"),
+            &format!(
+                "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {{name: local}}\nspec:\n  allowed_tools: [echo, delete_file]\n  server:\n    failover_mode: {failover}\n    timeout: 2s\n"
+            ),
+        )
+    };
+    let server = ValidationServer::start(&central);
+    let mut r = start_with(
+        &local("fail_closed"),
+        &["--validation-server", &server.url()],
+        &[],
+    );
+    let reply = r.drv.call(&call(json!(1), "echo", json!({"text": "hi"})));
+    assert!(reply["result"].is_object(), "{reply}");
+    // Allowed locally, refused centrally.
+    let reply = r
+        .drv
+        .call(&call(json!(2), "delete_file", json!({"path": "/tmp/x"})));
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert_eq!(
+        reply["error"]["data"]["reason"],
+        "Tool not in allowed_tools list"
+    );
+    // Pings are not stalled by a call waiting for the server.
+    r.drv.call(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#);
+    let recs = audit_records(&r.audit());
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "REMOTE_VALIDATION" && x["tool"] == "delete_file")
+    );
+    drop(r);
+
+    // The server is gone: fail_closed refuses, local_policy falls back to the local policy.
+    let url = server.url();
+    drop(server);
+    let mut r = start_with(&local("fail_closed"), &["--validation-server", &url], &[]);
+    let reply = r.drv.call(&call(json!(1), "echo", json!({})));
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert_eq!(reply["error"]["data"]["reason"], "validation_unavailable");
+    let mut r = start_with(&local("local_policy"), &["--validation-server", &url], &[]);
+    let reply = r
+        .drv
+        .call(&call(json!(1), "delete_file", json!({"path": "/tmp/x"})));
+    assert!(reply["result"].is_object(), "{reply}");
+    let recs = audit_records(&r.audit());
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "REMOTE_VALIDATION" && x["failover_mode"] == "local_policy")
+    );
+}
