@@ -250,6 +250,9 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batc
     } else {
         line
     };
+    if gate.normalized == "tools/list" {
+        super::tools::listing_started(sh, &mut msg);
+    }
     let id = msg.id.as_deref();
     let id_text = msg.id_text();
     match gate.normalized.as_str() {
@@ -261,7 +264,6 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batc
                 .push(records::method_decision(sh, id_text, &gate.raw, &gate));
             return;
         }
-        "tools/list" => super::tools::listing_started(sh, msg.params.as_ref().map(|p| p.raw())),
         _ => {}
     }
     batch
@@ -339,7 +341,8 @@ fn handle_tool_call(
     let params = msg.params_value().and_then(Value::as_object);
     let name = params.and_then(|p| p.get("name")).and_then(Value::as_str);
     let arguments = params.and_then(|p| p.get("arguments"));
-    let params_len = msg.params.as_ref().map_or(0, |p| p.raw().len());
+    // The line bounds the size of the arguments (for the audit record's size check).
+    let params_len = line.len();
     let (Some(name), true) = (name, arguments.is_none_or(Value::is_object)) else {
         let reason = "tools/call needs params {\"name\": string, \"arguments\"?: object}";
         batch.records.push(records::rejected(
