@@ -1,4 +1,4 @@
 //! All integration tests form one binary; each area lives in `tests/suite/<area>.rs`.
 
-mod support;
 mod suite;
+mod support;
