@@ -117,6 +117,21 @@ impl EgressConfig {
         }
     }
 
+    /// TCP ports captured transparently: 80, 443, the explicit `allowed_ports` and
+    /// `capture_ports`, minus the supervisor's own ports; sorted, without duplicates.
+    pub fn capture_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = DEFAULT_PORTS
+            .iter()
+            .chain(self.allowed_ports.iter().flatten())
+            .chain(self.capture_ports.iter())
+            .copied()
+            .filter(|p| *p != 0 && !RESERVED_PORTS.contains(p))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     /// Checks everything `egress::Rules` will rely on. The error is (field path relative to
     /// `spec.egress`, message with a hint).
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -205,10 +220,14 @@ impl EgressConfig {
                 );
             }
         }
-        if self.capture_ports.len() > MAX_CAPTURE_PORTS {
+        if self.capture_ports().len() > MAX_CAPTURE_PORTS {
             return err(
                 "capture_ports".into(),
-                format!("at most {MAX_CAPTURE_PORTS} capture ports are supported"),
+                format!(
+                    "80, 443, allowed_ports and capture_ports together name more than \
+                     {MAX_CAPTURE_PORTS} ports to capture transparently; list fewer (clients \
+                     that honour the proxy settings reach any allowed port without capture)"
+                ),
             );
         }
         if let Some(l) = &self.limits {
