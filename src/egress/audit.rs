@@ -102,7 +102,10 @@ impl WriterHandle {
 }
 
 impl Auditor {
-    pub fn start(ctx: AuditContext, sink: Arc<dyn Sink>) -> std::io::Result<(Arc<Auditor>, WriterHandle)> {
+    pub fn start(
+        ctx: AuditContext,
+        sink: Arc<dyn Sink>,
+    ) -> std::io::Result<(Arc<Auditor>, WriterHandle)> {
         let (tx, mut rx) = mpsc::channel::<Record>(QUEUE);
         let broken = Arc::new(AtomicBool::new(false));
         let flag = broken.clone();
@@ -204,7 +207,9 @@ impl Auditor {
     /// Queues a DNS record (refused or monitored lookup), rate-limited, never blocking.
     pub fn dns(&self, name: &str, qtype: &str, decision: &Decision) {
         let mut limit = self.dns_limit.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(suppressed) = limit.admit(Instant::now()) else { return };
+        let Some(suppressed) = limit.admit(Instant::now()) else {
+            return;
+        };
         let call = self.in_flight();
         let mut r = self
             .base("EGRESS_DNS", &call)
@@ -226,7 +231,10 @@ impl Auditor {
     /// shutdown).
     pub async fn flush_suppressed(&self) {
         for (kind, lim) in [("dns", &self.dns_limit), ("connection", &self.deny_limit)] {
-            let n = lim.lock().unwrap_or_else(|p| p.into_inner()).take_suppressed();
+            let n = lim
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_suppressed();
             if n > 0 {
                 let r = self
                     .base("EGRESS_SUPPRESSED", &None)

@@ -101,7 +101,11 @@ pub fn answer(query: &[u8], rules: &Rules, pool: &FakePool) -> Answer {
     if name == "localhost" {
         match qtype {
             RecordType::A | RecordType::ANY => {
-                resp.add_answer(Record::from_rdata(qname.clone(), TTL, RData::A(A(Ipv4Addr::LOCALHOST))));
+                resp.add_answer(Record::from_rdata(
+                    qname.clone(),
+                    TTL,
+                    RData::A(A(Ipv4Addr::LOCALHOST)),
+                ));
             }
             RecordType::AAAA => {
                 resp.add_answer(Record::from_rdata(
@@ -119,9 +123,16 @@ pub fn answer(query: &[u8], rules: &Rules, pool: &FakePool) -> Answer {
         && let Some(ip) = reverse_v4(&name)
         && FakePool::in_range(IpAddr::V4(ip))
     {
-        match pool.lookup(IpAddr::V4(ip)).and_then(|n| Name::from_ascii(format!("{n}.")).ok()) {
+        match pool
+            .lookup(IpAddr::V4(ip))
+            .and_then(|n| Name::from_ascii(format!("{n}.")).ok())
+        {
             Some(target) => {
-                resp.add_answer(Record::from_rdata(qname.clone(), TTL, RData::PTR(PTR(target))));
+                resp.add_answer(Record::from_rdata(
+                    qname.clone(),
+                    TTL,
+                    RData::PTR(PTR(target)),
+                ));
             }
             None => resp.metadata.response_code = ResponseCode::NXDomain,
         }
@@ -291,9 +302,15 @@ mod tests {
         assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
         assert!(aaaa.answers.is_empty());
         // PTR of a fake address names it.
-        let rev = format!("{}.{}.18.198.in-addr.arpa.", ip[0].octets()[3], ip[0].octets()[2]);
+        let rev = format!(
+            "{}.{}.18.198.in-addr.arpa.",
+            ip[0].octets()[3],
+            ip[0].octets()[2]
+        );
         let (ptr, _) = ask(&r, &p, &rev, RecordType::PTR);
-        assert!(matches!(&ptr.answers[0].data, RData::PTR(PTR(n)) if n.to_ascii() == "api.example.com."));
+        assert!(
+            matches!(&ptr.answers[0].data, RData::PTR(PTR(n)) if n.to_ascii() == "api.example.com.")
+        );
     }
 
     #[test]
@@ -304,7 +321,10 @@ mod tests {
             ("x.api.example.co.", "mode=block (not in allowed_hosts)"),
             ("example.com.", "mode=block (not in allowed_hosts)"),
             ("bad.example.com.", "denied_hosts[0]=bad.example.com"),
-            ("s3cr3t-data.attacker.net.", "mode=block (not in allowed_hosts)"),
+            (
+                "s3cr3t-data.attacker.net.",
+                "mode=block (not in allowed_hosts)",
+            ),
         ] {
             let (m, ev) = ask(&r, &p, name, RecordType::A);
             assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
@@ -316,7 +336,10 @@ mod tests {
         assert!(p.is_empty());
         let (m, ev) = ask(&r, &p, "sub.api.example.com.", RecordType::TXT);
         // Covered by *.example.com: exists, but no TXT data is invented or fetched.
-        assert_eq!((m.metadata.response_code, m.answers.len(), ev), (ResponseCode::NoError, 0, None));
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len(), ev),
+            (ResponseCode::NoError, 0, None)
+        );
     }
 
     #[test]
@@ -357,7 +380,10 @@ mod tests {
         // Garbage after a valid header: FORMERR with the id echoed.
         let a = answer(&[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff], &r, &p);
         let m = Message::from_vec(&a.response.unwrap()).unwrap();
-        assert_eq!((m.metadata.id, m.metadata.response_code), (0xabcd, ResponseCode::FormErr));
+        assert_eq!(
+            (m.metadata.id, m.metadata.response_code),
+            (0xabcd, ResponseCode::FormErr)
+        );
         // Too short, or a response: silence.
         assert_eq!(answer(&[1, 2, 3], &r, &p).response, None);
         let mut resp = query("a.com.", RecordType::A);
@@ -365,15 +391,25 @@ mod tests {
         assert_eq!(answer(&resp, &r, &p).response, None);
         // Two questions: FORMERR.
         let mut two = Message::new(9, MessageType::Query, OpCode::Query);
-        two.add_query(Query::query(Name::from_ascii("a.com.").unwrap(), RecordType::A));
-        two.add_query(Query::query(Name::from_ascii("b.com.").unwrap(), RecordType::A));
-        let m = Message::from_vec(&answer(&two.to_vec().unwrap(), &r, &p).response.unwrap()).unwrap();
+        two.add_query(Query::query(
+            Name::from_ascii("a.com.").unwrap(),
+            RecordType::A,
+        ));
+        two.add_query(Query::query(
+            Name::from_ascii("b.com.").unwrap(),
+            RecordType::A,
+        ));
+        let m =
+            Message::from_vec(&answer(&two.to_vec().unwrap(), &r, &p).response.unwrap()).unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
     }
 
     #[test]
     fn reverse_names() {
-        assert_eq!(reverse_v4("4.3.2.1.in-addr.arpa"), Some(Ipv4Addr::new(1, 2, 3, 4)));
+        assert_eq!(
+            reverse_v4("4.3.2.1.in-addr.arpa"),
+            Some(Ipv4Addr::new(1, 2, 3, 4))
+        );
         assert_eq!(reverse_v4("04.3.2.1.in-addr.arpa"), None);
         assert_eq!(reverse_v4("3.2.1.in-addr.arpa"), None);
     }

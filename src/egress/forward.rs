@@ -189,7 +189,14 @@ mod tests {
         let (proxy_up, mut origin) = pair().await;
         let (_tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            relay(proxy_side, proxy_up, Duration::from_secs(5), &Budget::default(), rx).await
+            relay(
+                proxy_side,
+                proxy_up,
+                Duration::from_secs(5),
+                &Budget::default(),
+                rx,
+            )
+            .await
         });
         app.write_all(b"hello").await.unwrap();
         app.shutdown().await.unwrap();
@@ -225,7 +232,9 @@ mod tests {
         let (_app, p) = pair().await;
         let (u, _origin) = pair().await;
         let (tx, rx) = watch::channel(false);
-        let t = tokio::spawn(async move { relay(p, u, Duration::from_secs(30), &Budget::default(), rx).await });
+        let t = tokio::spawn(async move {
+            relay(p, u, Duration::from_secs(30), &Budget::default(), rx).await
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
         tx.send(true).unwrap();
         assert_eq!(t.await.unwrap().end, End::Shutdown);

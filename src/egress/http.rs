@@ -104,19 +104,25 @@ pub fn parse_proxy_request(buf: &[u8]) -> Result<Option<ProxyRequest>, HttpError
         None => (rest, ""),
     };
     if authority.contains('@') {
-        return Err(HttpError::BadTarget("user information in URLs is not accepted"));
+        return Err(HttpError::BadTarget(
+            "user information in URLs is not accepted",
+        ));
     }
     if path.contains('#') {
-        return Err(HttpError::BadTarget("fragments do not belong in a request target"));
+        return Err(HttpError::BadTarget(
+            "fragments do not belong in a request target",
+        ));
     }
     let (host, port) =
         split_authority(authority, Some(80)).ok_or(HttpError::BadTarget("bad host in URL"))?;
     if let Some(value) = host_headers.first() {
         let value = std::str::from_utf8(value).map_err(|_| HttpError::Malformed("Host header"))?;
-        let (h, p) = split_authority(value, Some(80))
-            .ok_or(HttpError::Malformed("bad Host header"))?;
+        let (h, p) =
+            split_authority(value, Some(80)).ok_or(HttpError::Malformed("bad Host header"))?;
         if h != host || p != port {
-            return Err(HttpError::BadTarget("Host header disagrees with the request URL"));
+            return Err(HttpError::BadTarget(
+                "Host header disagrees with the request URL",
+            ));
         }
     }
     let has_cl = req
@@ -136,7 +142,8 @@ pub fn parse_proxy_request(buf: &[u8]) -> Result<Option<ProxyRequest>, HttpError
         .headers
         .iter()
         .filter(|h| {
-            h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("proxy-connection")
+            h.name.eq_ignore_ascii_case("connection")
+                || h.name.eq_ignore_ascii_case("proxy-connection")
         })
         .flat_map(|h| {
             String::from_utf8_lossy(h.value)
@@ -189,8 +196,14 @@ pub fn origin_request_host(buf: &[u8]) -> Result<Option<Host>, HttpError> {
     if parse_head(&mut req, buf)?.is_none() {
         return Ok(None);
     }
-    let mut hosts = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
-    let value = hosts.next().ok_or(HttpError::Malformed("no Host header"))?.value;
+    let mut hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let value = hosts
+        .next()
+        .ok_or(HttpError::Malformed("no Host header"))?
+        .value;
     if hosts.next().is_some() {
         return Err(HttpError::Malformed("more than one Host header"));
     }
@@ -200,7 +213,10 @@ pub fn origin_request_host(buf: &[u8]) -> Result<Option<Host>, HttpError> {
     Ok(Some(host))
 }
 
-fn parse_head<'h, 'b>(req: &mut httparse::Request<'h, 'b>, buf: &'b [u8]) -> Result<Option<usize>, HttpError> {
+fn parse_head<'h, 'b>(
+    req: &mut httparse::Request<'h, 'b>,
+    buf: &'b [u8],
+) -> Result<Option<usize>, HttpError> {
     let window = &buf[..buf.len().min(MAX_HEAD)];
     match req.parse(window) {
         Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
@@ -212,8 +228,9 @@ fn parse_head<'h, 'b>(req: &mut httparse::Request<'h, 'b>, buf: &'b [u8]) -> Res
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()))
-        .then(|| &s[prefix.len()..])
+    (s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()))
+    .then(|| &s[prefix.len()..])
 }
 
 /// `host:port`, `[v6]:port`, or (with a default port) `host` / `[v6]`.
@@ -272,15 +289,21 @@ mod tests {
 
     #[test]
     fn connect_targets() {
-        let r = parse("CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\nTLS")
-            .unwrap()
-            .unwrap();
+        let r =
+            parse("CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\nTLS")
+                .unwrap()
+                .unwrap();
         assert_eq!(r.kind, ProxyKind::Connect);
         assert_eq!(r.host, Host::Name("api.example.com".into()));
         assert_eq!(r.port, 443);
         assert_eq!(r.head_len, 67);
-        let r = parse("CONNECT [2001:db8::1]:8443 HTTP/1.1\r\n\r\n").unwrap().unwrap();
-        assert_eq!((r.host, r.port), (Host::Ip("2001:db8::1".parse().unwrap()), 8443));
+        let r = parse("CONNECT [2001:db8::1]:8443 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.host, r.port),
+            (Host::Ip("2001:db8::1".parse().unwrap()), 8443)
+        );
         for bad in [
             "CONNECT api.example.com HTTP/1.1\r\n\r\n",
             "CONNECT api.example.com:0 HTTP/1.1\r\n\r\n",
@@ -300,14 +323,21 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!((r.host.clone(), r.port), (Host::Name("example.com".into()), 8080));
-        let ProxyKind::Forward { upstream_head } = r.kind else { panic!() };
+        assert_eq!(
+            (r.host.clone(), r.port),
+            (Host::Name("example.com".into()), 8080)
+        );
+        let ProxyKind::Forward { upstream_head } = r.kind else {
+            panic!()
+        };
         assert_eq!(
             String::from_utf8(upstream_head).unwrap(),
             "GET /a/b?c=1 HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
         let r = parse("GET http://a.com HTTP/1.0\r\n\r\n").unwrap().unwrap();
-        let ProxyKind::Forward { upstream_head } = r.kind else { panic!() };
+        let ProxyKind::Forward { upstream_head } = r.kind else {
+            panic!()
+        };
         assert_eq!(
             String::from_utf8(upstream_head).unwrap(),
             "GET / HTTP/1.0\r\nHost: a.com\r\nConnection: close\r\n\r\n"
@@ -320,9 +350,18 @@ mod tests {
             ("GET /x HTTP/1.1\r\nHost: a.com\r\n\r\n", "absolute http://"),
             ("GET https://a.com/ HTTP/1.1\r\n\r\n", "absolute http://"),
             ("GET http://u:p@a.com/ HTTP/1.1\r\n\r\n", "user information"),
-            ("GET http://a.com/ HTTP/1.1\r\nHost: b.com\r\n\r\n", "disagrees"),
-            ("GET http://a.com/ HTTP/1.1\r\nHost: a.com:81\r\n\r\n", "disagrees"),
-            ("GET http://a.com/ HTTP/1.1\r\nHost: a.com\r\nhost: a.com\r\n\r\n", "more than one"),
+            (
+                "GET http://a.com/ HTTP/1.1\r\nHost: b.com\r\n\r\n",
+                "disagrees",
+            ),
+            (
+                "GET http://a.com/ HTTP/1.1\r\nHost: a.com:81\r\n\r\n",
+                "disagrees",
+            ),
+            (
+                "GET http://a.com/ HTTP/1.1\r\nHost: a.com\r\nhost: a.com\r\n\r\n",
+                "more than one",
+            ),
             (
                 "POST http://a.com/ HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "both",
@@ -339,7 +378,10 @@ mod tests {
     #[test]
     fn bounds() {
         assert_eq!(parse("GET http://a.com/ HTTP/1.1\r\nAccept: x"), Ok(None));
-        let big = format!("GET http://a.com/ HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        let big = format!(
+            "GET http://a.com/ HTTP/1.1\r\nX: {}\r\n",
+            "a".repeat(MAX_HEAD)
+        );
         assert_eq!(parse(&big), Err(HttpError::TooLarge));
         let mut many = String::from("GET http://a.com/ HTTP/1.1\r\n");
         for i in 0..=MAX_HEADERS {
@@ -360,7 +402,12 @@ mod tests {
 
     #[test]
     fn error_responses_are_complete() {
-        let r = String::from_utf8(error_response(403, "Forbidden", "a.com:443 denied by mode=block")).unwrap();
+        let r = String::from_utf8(error_response(
+            403,
+            "Forbidden",
+            "a.com:443 denied by mode=block",
+        ))
+        .unwrap();
         assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n"));
         assert!(r.contains("X-Aip-Egress: denied"));
         assert!(r.ends_with("\r\n\r\naip egress: a.com:443 denied by mode=block\n"));

@@ -68,9 +68,15 @@ impl EgressPlan {
             (Role::DnsTcp, tcp(lo, DNS_PORT)),
         ];
         for &port in rules.capture_ports() {
-            listeners.push((Role::Capture(port), tcp(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)));
+            listeners.push((
+                Role::Capture(port),
+                tcp(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            ));
             if ipv6 {
-                listeners.push((Role::Capture(port), tcp(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)));
+                listeners.push((
+                    Role::Capture(port),
+                    tcp(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+                ));
             }
         }
         Ok(EgressPlan { rules, listeners })
@@ -182,8 +188,13 @@ mod tests {
                 Role::Capture(8443),
             ]
         );
-        assert_eq!(p.landlock_connect_ports(), [22, 53, 80, 443, 1080, 3128, 8443]);
-        let NetMode::Egress(net) = p.net_mode() else { panic!() };
+        assert_eq!(
+            p.landlock_connect_ports(),
+            [22, 53, 80, 443, 1080, 3128, 8443]
+        );
+        let NetMode::Egress(net) = p.net_mode() else {
+            panic!()
+        };
         assert!(net.capture_routes);
         assert_eq!(net.listeners[4].addr.to_string(), "0.0.0.0:22");
         assert_eq!(net.listeners[5].addr.to_string(), "[::]:22");

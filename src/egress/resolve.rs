@@ -81,7 +81,12 @@ mod tests {
         let a = SystemResolver.resolve("localhost").await.unwrap();
         assert!(a.iter().all(|ip| ip.is_loopback()), "{a:?}");
         assert!(!a.is_empty());
-        assert!(SystemResolver.resolve("name-that-does-not-exist.invalid").await.is_err());
+        assert!(
+            SystemResolver
+                .resolve("name-that-does-not-exist.invalid")
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

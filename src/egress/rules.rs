@@ -247,7 +247,10 @@ impl Rules {
             (_, Some(rule)) => rule,
             (EgressMode::Allow, None) => "mode=allow".to_owned(),
             (_, None) => {
-                return self.policy_deny(format!("mode={} (not in allowed_hosts)", self.mode.as_str()));
+                return self.policy_deny(format!(
+                    "mode={} (not in allowed_hosts)",
+                    self.mode.as_str()
+                ));
             }
         };
         if let Some(ports) = &self.allowed_ports
@@ -271,7 +274,10 @@ impl Rules {
         match (self.mode, self.allowed_rule(&host)) {
             (_, Some(rule)) => Decision::allow(rule),
             (EgressMode::Allow, None) => Decision::allow("mode=allow".to_owned()),
-            (_, None) => self.policy_deny(format!("mode={} (not in allowed_hosts)", self.mode.as_str())),
+            (_, None) => self.policy_deny(format!(
+                "mode={} (not in allowed_hosts)",
+                self.mode.as_str()
+            )),
         }
     }
 
@@ -279,7 +285,10 @@ impl Rules {
     /// special-range addresses not named by an `allowed_hosts` CIDR are dropped. `Err` carries
     /// the refusal when nothing is left. The first element of the `Ok` value is what was kept; in
     /// monitor mode denied-CIDR addresses are kept and reported in the second element.
-    pub fn filter_resolved(&self, addrs: &[IpAddr]) -> Result<(Vec<IpAddr>, Option<String>), Decision> {
+    pub fn filter_resolved(
+        &self,
+        addrs: &[IpAddr],
+    ) -> Result<(Vec<IpAddr>, Option<String>), Decision> {
         let mut kept = Vec::with_capacity(addrs.len());
         let mut first_refusal: Option<Decision> = None;
         let mut monitored: Option<String> = None;
@@ -337,7 +346,10 @@ impl Rules {
     }
 }
 
-fn first_match<'a>(list: &'a [(usize, HostPattern)], host: &Host) -> Option<(usize, &'a HostPattern)> {
+fn first_match<'a>(
+    list: &'a [(usize, HostPattern)],
+    host: &Host,
+) -> Option<(usize, &'a HostPattern)> {
     list.iter()
         .find(|(_, p)| match (p, host) {
             (HostPattern::Cidr(net), Host::Ip(ip)) => net.contains(ip),
@@ -371,11 +383,24 @@ mod tests {
 
     #[test]
     fn host_parse_accepts_names_and_literals_only() {
-        assert_eq!(Host::parse("Example.COM."), Some(Host::Name("example.com".into())));
+        assert_eq!(
+            Host::parse("Example.COM."),
+            Some(Host::Name("example.com".into()))
+        );
         assert_eq!(Host::parse("[::1]"), Some(ip("::1")));
         assert_eq!(Host::parse("::1"), Some(ip("::1")));
         assert_eq!(Host::parse("10.0.0.1"), Some(ip("10.0.0.1")));
-        for bad in ["127.1", "0x7f000001", "2130706433", "[10.0.0.1]", "[a.com]", "", "a b", "a..b", "é.com"] {
+        for bad in [
+            "127.1",
+            "0x7f000001",
+            "2130706433",
+            "[10.0.0.1]",
+            "[a.com]",
+            "",
+            "a b",
+            "a..b",
+            "é.com",
+        ] {
             assert_eq!(Host::parse(bad), None, "{bad}");
         }
     }
@@ -386,11 +411,17 @@ mod tests {
         let d = r.decide(&name("api.github.com"), 443);
         assert_eq!(d.outcome, Outcome::Allow);
         assert_eq!(d.rule, "allowed_hosts[0]=api.github.com");
-        assert_eq!(r.decide(&name("a.example.com"), 80).rule, "allowed_hosts[1]=*.example.com");
+        assert_eq!(
+            r.decide(&name("a.example.com"), 80).rule,
+            "allowed_hosts[1]=*.example.com"
+        );
         let apex = r.decide(&name("example.com"), 443);
         assert_eq!(apex.outcome, Outcome::Deny);
         assert_eq!(apex.rule, "mode=block (not in allowed_hosts)");
-        assert_eq!(r.decide(&name("x.api.github.com"), 443).outcome, Outcome::Deny);
+        assert_eq!(
+            r.decide(&name("x.api.github.com"), 443).outcome,
+            Outcome::Deny
+        );
         let port = r.decide(&name("api.github.com"), 22);
         assert_eq!(port.outcome, Outcome::Deny);
         assert!(port.rule.contains("default [80, 443]"), "{}", port.rule);
@@ -409,19 +440,32 @@ mod tests {
         })
         .unwrap();
         let d = r.decide(&name("evil.example.com"), 443);
-        assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Deny, "denied_hosts[0]=evil.example.com"));
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (Outcome::Deny, "denied_hosts[0]=evil.example.com")
+        );
         let d = r.decide(&ip("8.8.8.8"), 443);
-        assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Deny, "denied_hosts[1]=8.8.8.0/24"));
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (Outcome::Deny, "denied_hosts[1]=8.8.8.0/24")
+        );
         assert_eq!(r.decide(&ip("8.8.4.4"), 8443).outcome, Outcome::Allow);
         let d = r.decide(&name("ok.example.com"), 22);
-        assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Deny, "denied_ports[0]=22"));
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (Outcome::Deny, "denied_ports[0]=22")
+        );
         let d = r.decide(&name("ok.example.com"), 80);
         assert_eq!(d.rule, "allowed_ports (port 80 not listed)");
     }
 
     #[test]
     fn special_ranges_need_a_cidr_inside_them() {
-        let r = rules(EgressMode::Allow, &["127.0.0.1", "10.20.0.0/16", "0.0.0.0/0"], &[]);
+        let r = rules(
+            EgressMode::Allow,
+            &["127.0.0.1", "10.20.0.0/16", "0.0.0.0/0"],
+            &[],
+        );
         assert_eq!(r.decide(&ip("127.0.0.1"), 80).outcome, Outcome::Allow);
         assert_eq!(r.decide(&ip("10.20.3.4"), 80).outcome, Outcome::Allow);
         for (addr, range) in [
@@ -442,7 +486,11 @@ mod tests {
         ] {
             let d = r.decide(&ip(addr), 80);
             assert_eq!(d.outcome, Outcome::Deny, "{addr}");
-            assert!(d.rule.starts_with("special_range=") && d.rule.contains(range), "{addr}: {}", d.rule);
+            assert!(
+                d.rule.starts_with("special_range=") && d.rule.contains(range),
+                "{addr}: {}",
+                d.rule
+            );
         }
         // 0.0.0.0/0 is not inside any special range, so it opens only public addresses.
         assert_eq!(r.decide(&ip("1.1.1.1"), 80).outcome, Outcome::Allow);
@@ -451,13 +499,27 @@ mod tests {
 
     #[test]
     fn resolved_addresses_are_filtered() {
-        let r = rules(EgressMode::Block, &["a.com", "10.9.0.0/16"], &["1.2.3.0/24"]);
-        let v = |s: &[&str]| s.iter().map(|a| a.parse().unwrap()).collect::<Vec<IpAddr>>();
-        let (kept, _) = r.filter_resolved(&v(&["127.0.0.1", "5.6.7.8", "1.2.3.4", "10.9.1.1"])).unwrap();
+        let r = rules(
+            EgressMode::Block,
+            &["a.com", "10.9.0.0/16"],
+            &["1.2.3.0/24"],
+        );
+        let v = |s: &[&str]| {
+            s.iter()
+                .map(|a| a.parse().unwrap())
+                .collect::<Vec<IpAddr>>()
+        };
+        let (kept, _) = r
+            .filter_resolved(&v(&["127.0.0.1", "5.6.7.8", "1.2.3.4", "10.9.1.1"]))
+            .unwrap();
         assert_eq!(kept, v(&["5.6.7.8", "10.9.1.1"]));
         let e = r.filter_resolved(&v(&["192.168.1.1"])).unwrap_err();
         assert_eq!(e.outcome, Outcome::Deny);
-        assert!(e.rule.contains("private") && e.rule.contains("resolved 192.168.1.1"), "{}", e.rule);
+        assert!(
+            e.rule.contains("private") && e.rule.contains("resolved 192.168.1.1"),
+            "{}",
+            e.rule
+        );
         let e = r.filter_resolved(&v(&["1.2.3.9"])).unwrap_err();
         assert!(e.rule.starts_with("denied_hosts[0]"), "{}", e.rule);
         assert!(r.filter_resolved(&[]).is_err());
@@ -468,7 +530,10 @@ mod tests {
         let r = rules(EgressMode::Monitor, &["a.com"], &["b.com"]);
         assert_eq!(r.decide(&name("a.com"), 443).outcome, Outcome::Allow);
         let d = r.decide(&name("b.com"), 443);
-        assert_eq!((d.outcome, d.rule.as_str()), (Outcome::AllowMonitor, "denied_hosts[0]=b.com"));
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (Outcome::AllowMonitor, "denied_hosts[0]=b.com")
+        );
         assert_eq!(r.decide(&name("c.com"), 443).outcome, Outcome::AllowMonitor);
         assert_eq!(r.decide(&name("a.com"), 22).outcome, Outcome::AllowMonitor);
         assert_eq!(r.decide(&ip("169.254.169.254"), 80).outcome, Outcome::Deny);
@@ -479,7 +544,10 @@ mod tests {
     #[test]
     fn allow_mode_denies_only_denied() {
         let r = rules(EgressMode::Allow, &[], &["*.ngrok.io"]);
-        assert_eq!(r.decide(&name("anything.com"), 5432).outcome, Outcome::Allow);
+        assert_eq!(
+            r.decide(&name("anything.com"), 5432).outcome,
+            Outcome::Allow
+        );
         assert_eq!(r.decide(&name("x.ngrok.io"), 443).outcome, Outcome::Deny);
         assert_eq!(r.decide_name("x.ngrok.io").outcome, Outcome::Deny);
         assert_eq!(r.decide_name("ngrok.io").outcome, Outcome::Allow);
@@ -501,10 +569,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r.limits().max_bytes, Some(10));
-        assert!(Rules::compile(&EgressConfig {
-            allowed_hosts: vec!["a.com".into()],
-            ..Default::default()
-        })
-        .is_err());
+        assert!(
+            Rules::compile(&EgressConfig {
+                allowed_hosts: vec!["a.com".into()],
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

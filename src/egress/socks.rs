@@ -111,7 +111,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, Host, u16)>, SocksErro
     let (addr, port) = body.split_at(addr_len);
     let port = u16::from_be_bytes([port[0], port[1]]);
     let host = match buf[3] {
-        1 => Host::Ip(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+        1 => Host::Ip(IpAddr::V4(Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
         4 => {
             let mut o = [0u8; 16];
             o.copy_from_slice(addr);
@@ -142,7 +144,10 @@ mod tests {
         assert_eq!(parse_greeting(&[5, 2, 2, 0]), Ok(Some(4)));
         assert_eq!(parse_greeting(&[5, 2, 2]), Ok(None));
         assert_eq!(parse_greeting(&[]), Ok(None));
-        assert_eq!(parse_greeting(&[5, 1, 2]), Err(SocksError::NoAcceptableMethod));
+        assert_eq!(
+            parse_greeting(&[5, 1, 2]),
+            Err(SocksError::NoAcceptableMethod)
+        );
         assert_eq!(parse_greeting(&[4, 1, 0]), Err(SocksError::Version));
         assert_eq!(parse_greeting(&[5, 0]), Err(SocksError::NoAcceptableMethod));
     }
@@ -165,13 +170,31 @@ mod tests {
         let mut v6 = vec![5, 1, 0, 4];
         v6.extend_from_slice(&"::1".parse::<Ipv6Addr>().unwrap().octets());
         v6.extend_from_slice(&[0, 22]);
-        assert_eq!(parse_request(&v6), Ok(Some((22, Host::Ip("::1".parse().unwrap()), 22))));
-        assert_eq!(parse_request(&[5, 2, 0, 1, 1, 2, 3, 4, 0, 80]), Err(SocksError::Command(2)));
-        assert_eq!(parse_request(&[5, 3, 0, 1, 1, 2, 3, 4, 0, 80]), Err(SocksError::Command(3)));
-        assert_eq!(parse_request(&[5, 1, 0, 9, 1]), Err(SocksError::AddressType(9)));
+        assert_eq!(
+            parse_request(&v6),
+            Ok(Some((22, Host::Ip("::1".parse().unwrap()), 22)))
+        );
+        assert_eq!(
+            parse_request(&[5, 2, 0, 1, 1, 2, 3, 4, 0, 80]),
+            Err(SocksError::Command(2))
+        );
+        assert_eq!(
+            parse_request(&[5, 3, 0, 1, 1, 2, 3, 4, 0, 80]),
+            Err(SocksError::Command(3))
+        );
+        assert_eq!(
+            parse_request(&[5, 1, 0, 9, 1]),
+            Err(SocksError::AddressType(9))
+        );
         assert_eq!(parse_request(&[5, 1, 0, 3, 0]), Err(SocksError::BadHost));
-        assert_eq!(parse_request(&[5, 1, 0, 3, 5, b'1', b'2', b'7', b'.', b'1', 0, 80]), Err(SocksError::BadHost));
-        assert_eq!(parse_request(&[5, 1, 0, 1, 1, 2, 3, 4, 0, 0]), Err(SocksError::BadHost));
+        assert_eq!(
+            parse_request(&[5, 1, 0, 3, 5, b'1', b'2', b'7', b'.', b'1', 0, 80]),
+            Err(SocksError::BadHost)
+        );
+        assert_eq!(
+            parse_request(&[5, 1, 0, 1, 1, 2, 3, 4, 0, 0]),
+            Err(SocksError::BadHost)
+        );
         assert_eq!(parse_request(&[5, 1, 1, 1]), Err(SocksError::Malformed));
     }
 

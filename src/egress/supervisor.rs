@@ -119,8 +119,8 @@ impl Supervisor {
         listeners: Vec<OwnedFd>,
         ctx: SupervisorCtx,
     ) -> Result<Supervisor, EgressError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|e| EgressError::Runtime(e.to_string()))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| EgressError::Runtime(e.to_string()))?;
         let expected = plan.listeners();
         if listeners.len() != expected.len() {
             return Err(EgressError::ListenerCount {
@@ -205,7 +205,9 @@ impl Supervisor {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
-        let Some(state) = self.state.take() else { return };
+        let Some(state) = self.state.take() else {
+            return;
+        };
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while state.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -214,7 +216,10 @@ impl Supervisor {
         let left = state.active.load(Ordering::SeqCst);
         drop(state);
         if left > 0 {
-            tracing::error!(connections = left, "egress connections still open after shutdown grace period; their records may be missing");
+            tracing::error!(
+                connections = left,
+                "egress connections still open after shutdown grace period; their records may be missing"
+            );
             return;
         }
         if let Some(w) = self.writer.take() {
@@ -411,7 +416,18 @@ async fn connection(mut client: TcpStream, role: Role, state: Arc<State>) {
         bytes_down: 0,
         duration: Duration::ZERO,
     };
-    match prepare(&mut client, role, &mut via, &state, &mut rec).await {
+    // Held for the connection's whole life, relay included.
+    let permit = state.conns.clone().try_acquire_owned();
+    let prepared = match &permit {
+        Ok(_) => prepare(&mut client, role, &mut via, &state, &mut rec).await,
+        Err(_) => Err(Refusal::failure(
+            "limits.max_connections",
+            (503, "Service Unavailable"),
+            socks::REP_GENERAL_FAILURE,
+            "too many concurrent connections".into(),
+        )),
+    };
+    match prepared {
         Err(refusal) => {
             rec.via = via.as_str();
             rec.decision = refusal.decision.clone();
@@ -489,14 +505,6 @@ async fn prepare(
             "audit log unavailable; egress stopped".into(),
         ));
     }
-    let Ok(_permit) = state.conns.clone().try_acquire_owned() else {
-        return Err(Refusal::failure(
-            "limits.max_connections",
-            (503, "Service Unavailable"),
-            socks::REP_GENERAL_FAILURE,
-            "too many concurrent connections".into(),
-        ));
-    };
     let mut buf: Vec<u8> = Vec::new();
     // What to send upstream before relaying: a rewritten head, or bytes already read.
     let mut first: Vec<u8> = Vec::new();
@@ -556,25 +564,25 @@ async fn prepare(
         return Err(Refusal::policy(decision));
     }
     // Client-first protocols on captured ports: check before dialling anything.
-    if via == Via::Capture {
-        if let Host::Name(name) = &host {
-            if port == 443 {
-                let sni = read_hello(client, &mut first).await?;
-                rec.sni = sni.clone();
-                check_sni(&state.rules, name, sni, &mut decision)?;
-            } else if port == 80 {
-                let h = read_until(client, &mut first, http::MAX_HEAD, |b| {
-                    http::origin_request_host(b).map_err(HttpFront)
-                })
-                .await
-                .map_err(|e| e.into_refusal())?;
-                if h != host {
-                    mismatch(
-                        &state.rules,
-                        &mut decision,
-                        format!("http_host_mismatch (Host {h}, destination {name})"),
-                    )?;
-                }
+    if via == Via::Capture
+        && let Host::Name(name) = &host
+    {
+        if port == 443 {
+            let sni = read_hello(client, &mut first).await?;
+            rec.sni = sni.clone();
+            check_sni(&state.rules, name, sni, &mut decision)?;
+        } else if port == 80 {
+            let h = read_until(client, &mut first, http::MAX_HEAD, |b| {
+                http::origin_request_host(b).map_err(HttpFront)
+            })
+            .await
+            .map_err(|e| e.into_refusal())?;
+            if h != host {
+                mismatch(
+                    &state.rules,
+                    &mut decision,
+                    format!("http_host_mismatch (Host {h}, destination {name})"),
+                )?;
             }
         }
     }
@@ -643,7 +651,12 @@ impl IntoRefusal for ReadError<HttpFront> {
         match self {
             ReadError::Parse(HttpFront(e)) => {
                 let status = e.status();
-                Refusal::failure("malformed request", status, socks::REP_GENERAL_FAILURE, e.to_string())
+                Refusal::failure(
+                    "malformed request",
+                    status,
+                    socks::REP_GENERAL_FAILURE,
+                    e.to_string(),
+                )
             }
             ReadError::Io(e) => client_gone(e),
             ReadError::Timeout => Refusal::failure(
@@ -709,18 +722,26 @@ async fn read_until<T, E>(
 }
 
 /// Reads the TLS ClientHello into `first` and returns its server name.
-async fn read_hello(client: &mut TcpStream, first: &mut Vec<u8>) -> Result<Option<String>, Refusal> {
+async fn read_hello(
+    client: &mut TcpStream,
+    first: &mut Vec<u8>,
+) -> Result<Option<String>, Refusal> {
     #[derive(Debug)]
     enum HelloErr {
         NotTls,
         Malformed,
     }
-    let r = read_until(client, first, tls::MAX_HELLO, |b| match tls::client_hello_sni(b) {
-        Sni::Hello(name) => Ok(Some(name)),
-        Sni::Incomplete => Ok(None),
-        Sni::NotTls => Err(HelloErr::NotTls),
-        Sni::Malformed => Err(HelloErr::Malformed),
-    })
+    let r = read_until(
+        client,
+        first,
+        tls::MAX_HELLO,
+        |b| match tls::client_hello_sni(b) {
+            Sni::Hello(name) => Ok(Some(name)),
+            Sni::Incomplete => Ok(None),
+            Sni::NotTls => Err(HelloErr::NotTls),
+            Sni::Malformed => Err(HelloErr::Malformed),
+        },
+    )
     .await;
     let fail = |what: &str| {
         Refusal::failure(
@@ -732,8 +753,12 @@ async fn read_hello(client: &mut TcpStream, first: &mut Vec<u8>) -> Result<Optio
     };
     match r {
         Ok(name) => Ok(name),
-        Err(ReadError::Parse(HelloErr::NotTls)) => Err(fail("port 443 carries TLS only; the first bytes are not a TLS handshake")),
-        Err(ReadError::Parse(HelloErr::Malformed)) | Err(ReadError::TooLarge) => Err(fail("malformed TLS ClientHello")),
+        Err(ReadError::Parse(HelloErr::NotTls)) => Err(fail(
+            "port 443 carries TLS only; the first bytes are not a TLS handshake",
+        )),
+        Err(ReadError::Parse(HelloErr::Malformed)) | Err(ReadError::TooLarge) => {
+            Err(fail("malformed TLS ClientHello"))
+        }
         Err(ReadError::Timeout) => Err(fail("no TLS ClientHello within 10 s")),
         Err(ReadError::Io(e)) => Err(client_gone(e)),
         Err(ReadError::Closed) => Err(client_gone(io::Error::from(io::ErrorKind::UnexpectedEof))),
@@ -741,10 +766,19 @@ async fn read_hello(client: &mut TcpStream, first: &mut Vec<u8>) -> Result<Optio
 }
 
 /// The SNI must name the destination (`None` only passes when the caller allows it).
-fn check_sni(rules: &Rules, name: &str, sni: Option<String>, decision: &mut Decision) -> Result<(), Refusal> {
+fn check_sni(
+    rules: &Rules,
+    name: &str,
+    sni: Option<String>,
+    decision: &mut Decision,
+) -> Result<(), Refusal> {
     match sni {
         Some(s) if s == name => Ok(()),
-        Some(s) => mismatch(rules, decision, format!("sni_mismatch (SNI {s}, destination {name})")),
+        Some(s) => mismatch(
+            rules,
+            decision,
+            format!("sni_mismatch (SNI {s}, destination {name})"),
+        ),
         None => mismatch(rules, decision, format!("sni_missing (destination {name})")),
     }
 }
@@ -770,12 +804,25 @@ async fn socks_handshake(
     first: &mut Vec<u8>,
 ) -> Result<(Host, u16), Refusal> {
     let fail = |e: ReadError<socks::SocksError>| match e {
-        ReadError::Parse(e) => Refusal::failure("malformed request", (400, ""), e.reply_code(), e.to_string()),
+        ReadError::Parse(e) => Refusal::failure(
+            "malformed request",
+            (400, ""),
+            e.reply_code(),
+            e.to_string(),
+        ),
         ReadError::Io(e) => client_gone(e),
-        ReadError::Timeout => Refusal::failure("request timeout", (408, ""), socks::REP_GENERAL_FAILURE, "no SOCKS request within 10 s".into()),
-        ReadError::TooLarge | ReadError::Closed => {
-            Refusal::failure("malformed request", (400, ""), socks::REP_GENERAL_FAILURE, "incomplete SOCKS message".into())
-        }
+        ReadError::Timeout => Refusal::failure(
+            "request timeout",
+            (408, ""),
+            socks::REP_GENERAL_FAILURE,
+            "no SOCKS request within 10 s".into(),
+        ),
+        ReadError::TooLarge | ReadError::Closed => Refusal::failure(
+            "malformed request",
+            (400, ""),
+            socks::REP_GENERAL_FAILURE,
+            "incomplete SOCKS message".into(),
+        ),
     };
     let greeting = read_until(client, buf, socks::MAX_GREETING, socks::parse_greeting).await;
     let n = match greeting {
@@ -803,7 +850,12 @@ async fn socks_handshake(
 async fn resolve(state: &State, name: &str) -> Result<Vec<IpAddr>, Refusal> {
     let timeout = state.rules.limits().connect_timeout;
     let _permit = state.resolving.acquire().await.map_err(|_| {
-        Refusal::failure("resolution", (502, "Bad Gateway"), socks::REP_GENERAL_FAILURE, "shutting down".into())
+        Refusal::failure(
+            "resolution",
+            (502, "Bad Gateway"),
+            socks::REP_GENERAL_FAILURE,
+            "shutting down".into(),
+        )
     })?;
     let addrs = match tokio::time::timeout(timeout, state.resolver.resolve(name)).await {
         Err(_) => {
@@ -831,7 +883,11 @@ async fn resolve(state: &State, name: &str) -> Result<Vec<IpAddr>, Refusal> {
 }
 
 /// Connects to the first pinned address that answers within the (shared) timeout.
-async fn dial(addrs: &[IpAddr], port: u16, timeout: Duration) -> Result<(TcpStream, SocketAddr), Refusal> {
+async fn dial(
+    addrs: &[IpAddr],
+    port: u16,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), Refusal> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::from("no address");
     for ip in addrs {

@@ -122,15 +122,24 @@ mod tests {
             two.extend_from_slice(&(part.len() as u16).to_be_bytes());
             two.extend_from_slice(part);
         }
-        assert_eq!(client_hello_sni(&two), Sni::Hello(Some("a.example.com".into())));
+        assert_eq!(
+            client_hello_sni(&two),
+            Sni::Hello(Some("a.example.com".into()))
+        );
     }
 
     #[test]
     fn garbage_is_malformed() {
         let mut h = hello("a.example.com");
         h[6] = 0xff; // a handshake length beyond any record
-        assert!(matches!(client_hello_sni(&h), Sni::Malformed | Sni::Incomplete));
-        assert_eq!(client_hello_sni(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0, 0, 0]), Sni::Malformed);
+        assert!(matches!(
+            client_hello_sni(&h),
+            Sni::Malformed | Sni::Incomplete
+        ));
+        assert_eq!(
+            client_hello_sni(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0, 0, 0]),
+            Sni::Malformed
+        );
         assert_eq!(client_hello_sni(&vec![0x16; MAX_HELLO + 1]), Sni::Malformed);
     }
 

@@ -12,13 +12,15 @@
 //!
 //! Names resolve on the host side through a `StaticResolver` (remote.test → 10.231.0.2, plus
 //! rebinding names), wrapped to count lookups so tests can show refused names never leave.
+// Harness helpers outside #[test] fns: clippy's in-tests allowances do not reach them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,23 +143,61 @@ impl World {
         let remote = NamedNetns::new("r");
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let (vh, vr) = (format!("aeh{}", n % 100_000), format!("aer{}", n % 100_000));
-        ip(&["-n", &host.0, "link", "add", &vh, "type", "veth", "peer", "name", &vr, "netns", &remote.0]);
-        ip(&["-n", &host.0, "addr", "add", &format!("{HOST_IP}/30"), "dev", &vh]);
+        ip(&[
+            "-n", &host.0, "link", "add", &vh, "type", "veth", "peer", "name", &vr, "netns",
+            &remote.0,
+        ]);
+        ip(&[
+            "-n",
+            &host.0,
+            "addr",
+            "add",
+            &format!("{HOST_IP}/30"),
+            "dev",
+            &vh,
+        ]);
         ip(&["-n", &host.0, "link", "set", &vh, "up"]);
-        ip(&["-n", &remote.0, "addr", "add", &format!("{REMOTE_IP}/30"), "dev", &vr]);
+        ip(&[
+            "-n",
+            &remote.0,
+            "addr",
+            "add",
+            &format!("{REMOTE_IP}/30"),
+            "dev",
+            &vr,
+        ]);
         ip(&["-n", &remote.0, "link", "set", &vr, "up"]);
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=remote.test", "-addext", "subjectAltName=DNS:remote.test,DNS:fronted.test,DNS:other.test"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=remote.test",
+                "-addext",
+                "subjectAltName=DNS:remote.test,DNS:fronted.test,DNS:other.test",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
             .arg(&cert)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut world = World {
             host,
             remote,
@@ -166,7 +206,14 @@ impl World {
         };
         let script = repo_root().join("tests/data/egress/remote.py");
         let remote_ns = world.remote.0.clone();
-        world.start_server(&remote_ns, &[script.to_str().unwrap(), cert.to_str().unwrap(), key.to_str().unwrap()]);
+        world.start_server(
+            &remote_ns,
+            &[
+                script.to_str().unwrap(),
+                cert.to_str().unwrap(),
+                key.to_str().unwrap(),
+            ],
+        );
         // Canary on the host side's loopback: nothing in the sandbox may ever reach it unless a
         // CIDR rule names 127.0.0.1.
         let canary = world.dir.path().join("canary.py");
@@ -277,7 +324,10 @@ impl Sandbox {
                 .with("other.test", &[IpAddr::V4(REMOTE_IP)])
                 .with("rebind-loopback.test", &["127.0.0.1".parse().unwrap()])
                 .with("rebind-private.test", &[IpAddr::V4(HOST_IP)])
-                .with("rebind-metadata.test", &["169.254.169.254".parse().unwrap()]),
+                .with(
+                    "rebind-metadata.test",
+                    &["169.254.169.254".parse().unwrap()],
+                ),
             seen: Mutex::new(HashMap::new()),
         });
         let in_flight: Arc<Mutex<Option<(String, String)>>> = Arc::new(Mutex::new(None));
@@ -318,7 +368,16 @@ impl Sandbox {
             std::process::id(),
             self.netns.as_raw_fd()
         ));
-        c.args(["--", "unshare", "-m", "--propagation", "private", "--", "sh", "-c"]);
+        c.args([
+            "--",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+        ]);
         c.arg("mount --bind \"$1\" /etc/resolv.conf && mount --bind \"$2\" /etc/hosts && shift 2 && exec \"$@\"");
         c.arg("sh");
         c.arg(self.files.path().join("resolv.conf"));
@@ -336,6 +395,13 @@ impl Sandbox {
 
     fn run(&self, program: &str, args: &[&str]) -> Output {
         run(&mut self.command(program, args), Duration::from_secs(60))
+    }
+
+    /// curl with a 20 s deadline, errors on stderr.
+    fn curl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-sS", "-m", "20"];
+        all.extend_from_slice(args);
+        self.run("curl", &all)
     }
 
     fn python(&self, code: &str) -> Output {
@@ -387,7 +453,9 @@ fn stderr(o: &Output) -> String {
 fn connections<'a>(records: &'a [Record], host: &str) -> Vec<&'a Record> {
     records
         .iter()
-        .filter(|r| r.get_str("event") == Some("EGRESS_CONNECTION") && r.get_str("host") == Some(host))
+        .filter(|r| {
+            r.get_str("event") == Some("EGRESS_CONNECTION") && r.get_str("host") == Some(host)
+        })
         .collect()
 }
 
@@ -431,34 +499,64 @@ fn curl_and_python_through_the_proxy_env_reach_allowed_hosts_only() {
     let sb = Sandbox::new(&world, &policy(BASIC));
     sb.set_call("17", "fetch");
 
-    let o = sb.run("curl", &["-sS", "-m", "20", "https://remote.test/tls"]);
-    assert_eq!(stdout(&o), "hello from remote remote.test /tls\n", "{}", stderr(&o));
-    let o = sb.run("curl", &["-sS", "-m", "20", "http://remote.test/plain?x=1"]);
-    assert_eq!(stdout(&o), "hello from remote remote.test /plain?x=1\n", "{}", stderr(&o));
+    let o = sb.curl(&["https://remote.test/tls"]);
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /tls\n",
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.curl(&["http://remote.test/plain?x=1"]);
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /plain?x=1\n",
+        "{}",
+        stderr(&o)
+    );
 
     let o = sb.python("import urllib.request as u;print(u.urlopen('https://remote.test/py').read().decode(),end='')");
-    assert_eq!(stdout(&o), "hello from remote remote.test /py\n", "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /py\n",
+        "{}",
+        stderr(&o)
+    );
     let o = sb.python("import urllib.request as u;print(u.urlopen('http://remote.test/py').read().decode(),end='')");
-    assert_eq!(stdout(&o), "hello from remote remote.test /py\n", "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /py\n",
+        "{}",
+        stderr(&o)
+    );
 
     // Denied name: the proxy answers 403 and says why.
-    let o = sb.run("curl", &["-sS", "-m", "20", "http://denied.test/"]);
-    assert!(stdout(&o).contains("denied.test:80 denied by mode=block (not in allowed_hosts)"), "{}", stdout(&o));
-    let o = sb.run("curl", &["-sS", "-m", "20", "https://denied.test/"]);
+    let o = sb.curl(&["http://denied.test/"]);
+    assert!(
+        stdout(&o).contains("denied.test:80 denied by mode=block (not in allowed_hosts)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = sb.curl(&["https://denied.test/"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("403"), "{}", stderr(&o));
     let o = sb.python("import urllib.request as u\ntry:\n u.urlopen('https://denied.test/')\nexcept Exception as e: print(e)");
     assert!(stdout(&o).contains("403"), "{}", stdout(&o));
     // Port outside the rules.
-    let o = sb.run("curl", &["-sS", "-m", "20", "https://remote.test:8443/"]);
+    let o = sb.curl(&["https://remote.test:8443/"]);
     assert!(stderr(&o).contains("403"), "{}", stderr(&o));
-    assert_eq!(sb.lookups("denied.test"), 0, "a denied name was resolved on the host");
+    assert_eq!(
+        sb.lookups("denied.test"),
+        0,
+        "a denied name was resolved on the host"
+    );
 
     let records = sb.finish();
     let ok = connections(&records, "remote.test");
     let tls = ok
         .iter()
-        .find(|r| r.get_str("via") == Some("http_connect") && r.get_str("decision") == Some("ALLOW"))
+        .find(|r| {
+            r.get_str("via") == Some("http_connect") && r.get_str("decision") == Some("ALLOW")
+        })
         .expect("CONNECT record");
     assert_eq!(tls.get_str("sni"), Some("remote.test"));
     assert_eq!(tls.get_str("addr"), Some("10.231.0.2:443"));
@@ -479,5 +577,448 @@ fn curl_and_python_through_the_proxy_env_reach_allowed_hosts_only() {
         .into_iter()
         .find(|r| r.get("port").and_then(|p| p.as_u64()) == Some(8443))
         .expect("port record");
-    assert_eq!(port.get_str("rule"), Some("allowed_ports (port 8443 not listed)"));
+    assert_eq!(
+        port.get_str("rule"),
+        Some("allowed_ports (port 8443 not listed)")
+    );
+}
+
+#[test]
+fn transparent_capture_serves_clients_that_ignore_proxy_settings() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(&world, &policy(BASIC));
+
+    // Raw TCP through getaddrinfo → stub → fake address → capture listener on :7000.
+    let o = sb.python(
+        "import socket\ns=socket.create_connection(('remote.test',7000),timeout=10)\ns.sendall(b'hi there\\n')\nprint(s.makefile().readline(),end='')\nprint(s.getpeername()[0])",
+    );
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("echo hi there"), "{}", stderr(&o));
+    let fake: Ipv4Addr = lines.next().unwrap().parse().unwrap();
+    assert_eq!(
+        fake.octets()[..2],
+        [198, 18],
+        "the sandbox sees a fake address, not the real one"
+    );
+
+    // curl with the proxy explicitly disabled, plain and TLS.
+    for url in ["http://remote.test/cap", "https://remote.test/cap"] {
+        let o = sb.curl(&["--noproxy", "*", url]);
+        assert_eq!(
+            stdout(&o),
+            "hello from remote remote.test /cap\n",
+            "{url}: {}",
+            stderr(&o)
+        );
+    }
+
+    // Node 20's fetch ignores NODE_USE_ENV_PROXY (added in 22.21/24.5), so it takes this path.
+    let o = sb.run(
+        "node",
+        &["-e", "fetch('https://remote.test/node').then(r=>r.text()).then(t=>process.stdout.write(t)).catch(e=>{console.log('ERR',e.cause&&e.cause.code);process.exit(1)})"],
+    );
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /node\n",
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.run(
+        "node",
+        &["-e", "fetch('https://denied.test/').then(r=>console.log(r.status)).catch(e=>console.log('ERR',e.cause&&e.cause.code))"],
+    );
+    assert_eq!(stdout(&o).trim(), "ERR ENOTFOUND", "{}", stderr(&o));
+
+    // A port with no rule has no listener: refused at once.
+    let o = sb.python("import socket\ntry:\n socket.create_connection(('remote.test',7001),timeout=5)\nexcept Exception as e: print(type(e).__name__)");
+    assert_eq!(
+        stdout(&o).trim(),
+        "ConnectionRefusedError",
+        "{}",
+        stderr(&o)
+    );
+
+    let records = sb.finish();
+    let cap: Vec<_> = connections(&records, "remote.test")
+        .into_iter()
+        .filter(|r| r.get_str("via") == Some("capture"))
+        .collect();
+    assert!(
+        cap.iter()
+            .any(|r| r.get("port").and_then(|p| p.as_u64()) == Some(7000)
+                && r.get_str("addr") == Some("10.231.0.2:7000")
+                && r.get("bytes_down").and_then(|b| b.as_u64()) == Some(14))
+    );
+    assert!(cap.iter().any(|r| r.get_str("sni") == Some("remote.test")));
+    assert!(
+        cap.iter().all(|r| r.get_str("decision") == Some("ALLOW")),
+        "{cap:?}"
+    );
+}
+
+#[test]
+fn dns_answers_only_allowed_names_and_never_forwards() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(
+        &world,
+        &policy("mode: block\nallowed_hosts: [remote.test, '*.wild.test', 10.231.0.2]\n"),
+    );
+    let (rcode, ips) = dns_query(&sb, "remote.test.");
+    assert_eq!((rcode, ips.len()), (0, 1));
+    let (_, again) = dns_query(&sb, "REMOTE.test.");
+    assert_eq!(again, ips, "stable fake address");
+    let (rcode, sub) = dns_query(&sb, "a.wild.test.");
+    assert_eq!((rcode, sub.len()), (0, 1));
+    assert_ne!(sub, ips, "one address per name");
+    for name in [
+        "unlisted.test.",
+        "x7f3a9.remote.test.",
+        "wild.test.",
+        "c2VjcmV0.exfil.example.",
+    ] {
+        let (rcode, ips) = dns_query(&sb, name);
+        assert_eq!((rcode, ips.len()), (3, 0), "{name} must be NXDOMAIN");
+    }
+    // Through the system resolver too.
+    let o = sb.python("import socket\nfor n in ['unlisted.test','x1.remote.test']:\n try: socket.getaddrinfo(n,443)\n except socket.gaierror as e: print(n, e.errno == socket.EAI_NONAME)");
+    assert_eq!(
+        stdout(&o),
+        "unlisted.test True\nx1.remote.test True\n",
+        "{}",
+        stderr(&o)
+    );
+    // Nothing was resolved on the host side: the stub answers from policy alone.
+    assert_eq!(sb.resolver.seen.lock().unwrap().len(), 0);
+
+    let records = sb.finish();
+    let dns: Vec<_> = records
+        .iter()
+        .filter(|r| r.get_str("event") == Some("EGRESS_DNS"))
+        .collect();
+    for name in [
+        "unlisted.test",
+        "x7f3a9.remote.test",
+        "wild.test",
+        "c2vjcmv0.exfil.example",
+        "x1.remote.test",
+    ] {
+        let r = dns
+            .iter()
+            .find(|r| r.get_str("name") == Some(name))
+            .unwrap_or_else(|| panic!("no record for {name}"));
+        assert_eq!(r.get_str("decision"), Some("BLOCK"));
+        assert_eq!(r.get_str("rule"), Some("mode=block (not in allowed_hosts)"));
+    }
+}
+
+#[test]
+fn denied_dns_records_are_rate_limited_with_a_count() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(&world, &policy("mode: block\n"));
+    let sent = sb.inside(|| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answered = 0;
+        for i in 0..1000u32 {
+            let mut q = vec![(i >> 8) as u8, i as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            let label = format!("flood{i}");
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+            q.extend_from_slice(&[4, b't', b'e', b's', b't', 0, 0, 1, 0, 1]);
+            s.send_to(&q, "127.0.0.1:53").unwrap();
+            let mut buf = [0u8; 512];
+            if s.recv(&mut buf).is_ok() && buf[3] & 0x0f == 3 {
+                answered += 1;
+            }
+        }
+        answered
+    });
+    assert_eq!(sent, 1000, "every query gets NXDOMAIN");
+    let records = sb.finish();
+    let dns = records
+        .iter()
+        .filter(|r| r.get_str("event") == Some("EGRESS_DNS"))
+        .count();
+    let suppressed: u64 = records
+        .iter()
+        .filter(|r| {
+            r.get_str("event") == Some("EGRESS_SUPPRESSED") && r.get_str("kind") == Some("dns")
+        })
+        .chain(
+            records
+                .iter()
+                .filter(|r| r.get_str("event") == Some("EGRESS_DNS")),
+        )
+        .filter_map(|r| {
+            r.get("suppressed")
+                .or(r.get("suppressed_before"))
+                .and_then(|v| v.as_u64())
+        })
+        .sum();
+    assert!(
+        (100..200).contains(&dns),
+        "{dns} DNS records for 1000 denials"
+    );
+    assert_eq!(
+        dns as u64 + suppressed,
+        1000,
+        "every denial is either recorded or counted"
+    );
+}
+
+#[test]
+fn private_loopback_and_rebinding_destinations_are_refused() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(&world, &policy(BASIC));
+    // Names that resolve (host side) to loopback, a private address not named by a CIDR, and
+    // the cloud metadata address.
+    for name in [
+        "rebind-loopback.test",
+        "rebind-private.test",
+        "rebind-metadata.test",
+    ] {
+        let o = sb.curl(&[&format!("http://{name}/")]);
+        assert!(
+            stdout(&o).contains("special_range="),
+            "{name}: {}",
+            stdout(&o)
+        );
+        let o = sb.curl(&["--noproxy", "*", &format!("http://{name}/")]);
+        assert!(!o.status.success(), "{name} via capture");
+    }
+    // Direct connections to loopback (the sandbox's own 127.0.0.1 is where capture listens;
+    // the host side's loopback canary must stay unreachable) and to the host side's address.
+    for url in [
+        "http://127.0.0.1/",
+        "http://10.231.0.1/",
+        "http://[::1]/",
+        "http://169.254.169.254/",
+    ] {
+        let o = sb.curl(&["--noproxy", "*", url]);
+        assert!(!stdout(&o).contains("canary"), "{url}");
+        assert!(!o.status.success(), "{url}: {}", stdout(&o));
+        // NO_PROXY covers loopback, so name the proxy explicitly.
+        let o = sb.curl(&["-x", "http://127.0.0.1:3128", "--noproxy", "", url]);
+        assert!(
+            stdout(&o).contains("denied by special_range="),
+            "{url}: {}",
+            stdout(&o)
+        );
+    }
+    let o = sb.curl(&["-x", "socks5h://127.0.0.1:1080", "http://127.0.0.1/"]);
+    assert!(!o.status.success() && !stdout(&o).contains("canary"));
+    let records = sb.finish();
+    let r = connections(&records, "rebind-metadata.test");
+    assert!(r.iter().all(|r| r.get_str("decision") == Some("BLOCK")));
+    assert!(r.iter().any(|r| {
+        r.get_str("rule")
+            .unwrap()
+            .contains("link-local (cloud metadata)")
+            && r.get_str("rule")
+                .unwrap()
+                .contains("resolved 169.254.169.254")
+    }));
+}
+
+#[test]
+fn a_cidr_rule_opens_host_loopback_explicitly() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(
+        &world,
+        &policy("mode: block\nallowed_hosts: [127.0.0.1]\nallowed_ports: [80]\n"),
+    );
+    let o = sb.curl(&["http://127.0.0.1/"]);
+    assert_eq!(stdout(&o), "host loopback canary\n", "{}", stderr(&o));
+    let o = sb.curl(&["http://127.0.0.2/"]);
+    assert!(
+        stdout(&o).contains("special_range=loopback"),
+        "{}",
+        stdout(&o)
+    );
+    drop(sb.finish());
+}
+
+#[test]
+fn sni_must_name_the_destination() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(&world, &policy(BASIC));
+    // Transparent path: connect to remote.test's fake address, present another name.
+    let code = "import socket,ssl\nctx=ssl.create_default_context()\nfor sni in ['remote.test','fronted.test']:\n try:\n  s=ctx.wrap_socket(socket.create_connection(('remote.test',443),timeout=10),server_hostname=sni)\n  s.sendall(b'GET /sni HTTP/1.0\\r\\nHost: remote.test\\r\\n\\r\\n'); print(sni, s.recv(100).split(b'\\r\\n')[0].decode())\n except Exception as e: print(sni, type(e).__name__)";
+    let o = sb.python(code);
+    let out = stdout(&o);
+    assert!(
+        out.contains("remote.test HTTP/1.1 200 OK"),
+        "{out} {}",
+        stderr(&o)
+    );
+    assert!(out.contains("fronted.test ConnectionResetError"), "{out}");
+    // Through CONNECT: curl asks for remote.test but would speak TLS for fronted.test.
+    let o = sb.curl(&[
+        "--connect-to",
+        "fronted.test:443:remote.test:443",
+        "https://fronted.test/",
+    ]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    // Plain HTTP on a captured port 80 with a Host header for another name.
+    let o = sb.curl(&[
+        "--noproxy",
+        "*",
+        "-H",
+        "Host: other-vhost.test",
+        "http://remote.test/",
+    ]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let records = sb.finish();
+    let rules: Vec<&str> = connections(&records, "remote.test")
+        .iter()
+        .filter(|r| r.get_str("decision") == Some("BLOCK"))
+        .filter_map(|r| r.get_str("rule"))
+        .collect();
+    assert!(
+        rules.contains(&"sni_mismatch (SNI fronted.test, destination remote.test)"),
+        "{rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .filter(|r| r.starts_with("sni_mismatch"))
+            .count()
+            >= 2,
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&"http_host_mismatch (Host other-vhost.test, destination remote.test)"),
+        "{rules:?}"
+    );
+}
+
+#[test]
+fn socks5_with_remote_resolution() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(&world, &policy(BASIC));
+    let o = sb.curl(&[
+        "-x",
+        "socks5h://127.0.0.1:1080",
+        "https://remote.test/socks",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /socks\n",
+        "{}",
+        stderr(&o)
+    );
+    // ALL_PROXY from the plan's environment.
+    let o = sb.curl(&["--proxy", "", "--noproxy", "", "https://remote.test/all"]);
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /all\n",
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.curl(&["-x", "socks5h://127.0.0.1:1080", "https://denied.test/"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).to_lowercase().contains("not allowed") || stderr(&o).contains("97"),
+        "{}",
+        stderr(&o)
+    );
+    // socks5 (local resolution through the stub): the fake address maps back to the name.
+    let o = sb.curl(&["-x", "socks5://127.0.0.1:1080", "https://remote.test/local"]);
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /local\n",
+        "{}",
+        stderr(&o)
+    );
+    let records = sb.finish();
+    let socks: Vec<_> = records
+        .iter()
+        .filter(|r| r.get_str("via") == Some("socks5"))
+        .collect();
+    assert!(socks.iter().any(
+        |r| r.get_str("host") == Some("denied.test") && r.get_str("decision") == Some("BLOCK")
+    ));
+    assert!(
+        socks
+            .iter()
+            .filter(|r| r.get_str("host") == Some("remote.test")
+                && r.get_str("decision") == Some("ALLOW"))
+            .count()
+            >= 2
+    );
+}
+
+#[test]
+fn monitor_mode_lets_violations_through_and_records_them() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(
+        &world,
+        &policy("mode: monitor\nallowed_hosts: [remote.test, 10.231.0.2]\n"),
+    );
+    let o = sb.curl(&["https://other.test/m"]);
+    assert_eq!(
+        stdout(&o),
+        "hello from remote other.test /m\n",
+        "{}",
+        stderr(&o)
+    );
+    let (rcode, ips) = dns_query(&sb, "other.test.");
+    assert_eq!((rcode, ips.len()), (0, 1));
+    // The SSRF guard is not a policy rule: still enforced.
+    let o = sb.curl(&["http://rebind-loopback.test/"]);
+    assert!(
+        stdout(&o).contains("special_range=loopback"),
+        "{}",
+        stdout(&o)
+    );
+    let records = sb.finish();
+    let r = connections(&records, "other.test");
+    assert_eq!(r[0].get_str("decision"), Some("ALLOW_MONITOR"));
+    assert_eq!(r[0].get("violation").and_then(|v| v.as_bool()), Some(true));
+    assert_eq!(r[0].get_str("egress_mode"), Some("monitor"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r.get_str("event") == Some("EGRESS_DNS")
+                && r.get_str("name") == Some("other.test")
+                && r.get_str("decision") == Some("ALLOW_MONITOR"))
+    );
+}
+
+#[test]
+fn connection_and_byte_limits() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(
+        &world,
+        &policy(
+            "mode: block\nallowed_hosts: [remote.test, 10.231.0.2]\nallowed_ports: [7000]\nlimits: {max_connections: 1, max_bytes: 64}\n",
+        ),
+    );
+    let o = sb.python(
+        "import socket\na=socket.create_connection(('remote.test',7000),timeout=10)\na.sendall(b'one\\n'); print(a.makefile().readline(),end='')\nb=socket.create_connection(('remote.test',7000),timeout=10)\ntry:\n b.sendall(b'two\\n'); print('second:', repr(b.recv(100)))\nexcept Exception as e: print('second:', type(e).__name__)\na.sendall(b'x'*100+b'\\n')\ntry: print('big:', repr(a.recv(200)))\nexcept Exception as e: print('big:', type(e).__name__)",
+    );
+    let out = stdout(&o);
+    assert!(out.starts_with("echo one\n"), "{out} {}", stderr(&o));
+    assert!(
+        out.contains("second: ConnectionResetError") || out.contains("second: b''"),
+        "{out}"
+    );
+    assert!(
+        out.contains("big: b''") || out.contains("big: ConnectionResetError"),
+        "{out}"
+    );
+    let records = sb.finish();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.get_str("rule") == Some("limits.max_connections")),
+        "{records:?}"
+    );
+    let r = connections(&records, "remote.test");
+    assert!(
+        r.iter()
+            .any(|r| r.get_str("error") == Some("limits.max_bytes reached")),
+        "{r:?}"
+    );
 }
