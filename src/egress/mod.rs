@@ -10,6 +10,7 @@ pub mod audit;
 pub mod dns;
 pub mod fakeip;
 pub mod forward;
+pub mod fuzzing;
 pub mod http;
 pub mod plan;
 pub mod resolve;

@@ -368,15 +368,18 @@ struct Refusal {
     http: (u16, &'static str),
     socks: u8,
     error: Option<String>,
+    /// Nothing more is sent to the client (it is gone, or was already answered).
+    silent: bool,
 }
 
 impl Refusal {
     fn policy(decision: Decision) -> Refusal {
         Refusal {
             decision,
-            http: (403, "Forbidden"),
+            http: (403, "Forbidden by aip egress policy"),
             socks: socks::REP_NOT_ALLOWED,
             error: None,
+            silent: false,
         }
     }
     fn failure(rule: &str, http: (u16, &'static str), socks: u8, error: String) -> Refusal {
@@ -388,7 +391,12 @@ impl Refusal {
             http,
             socks,
             error: Some(error),
+            silent: false,
         }
+    }
+    fn silent(mut self) -> Refusal {
+        self.silent = true;
+        self
     }
 }
 
@@ -418,8 +426,17 @@ async fn connection(mut client: TcpStream, role: Role, state: Arc<State>) {
     };
     // Held for the connection's whole life, relay included.
     let permit = state.conns.clone().try_acquire_owned();
+    let mut stop = state.shutdown.clone();
     let prepared = match &permit {
-        Ok(_) => prepare(&mut client, role, &mut via, &state, &mut rec).await,
+        Ok(_) => tokio::select! {
+            r = prepare(&mut client, role, &mut via, &state, &mut rec) => r,
+            _ = stop.wait_for(|down| *down) => Err(Refusal::failure(
+                "shutdown",
+                (503, "Service Unavailable"),
+                socks::REP_GENERAL_FAILURE,
+                "supervisor shutdown".into(),
+            )),
+        },
         Err(_) => Err(Refusal::failure(
             "limits.max_connections",
             (503, "Service Unavailable"),
@@ -460,6 +477,9 @@ async fn connection(mut client: TcpStream, role: Role, state: Arc<State>) {
 }
 
 async fn refuse(client: &mut TcpStream, via: Via, rec: &ConnectionAudit, r: &Refusal) {
+    if r.silent {
+        return;
+    }
     let target = if rec.host.is_empty() {
         "request".to_owned()
     } else {
@@ -532,7 +552,12 @@ async fn prepare(
         Role::Socks => socks_handshake(client, &mut buf, &mut first).await?,
         Role::Capture(port) => {
             let local = client.local_addr().map_err(|e| {
-                Refusal::failure("capture", (500, ""), 0, format!("getsockname: {e}"))
+                Refusal::failure(
+                    "capture",
+                    (500, ""),
+                    socks::REP_GENERAL_FAILURE,
+                    format!("getsockname: {e}"),
+                )
             })?;
             (Host::Ip(local.ip()), port)
         }
@@ -588,7 +613,16 @@ async fn prepare(
     }
     let addrs = match &host {
         Host::Ip(ip) => vec![*ip],
-        Host::Name(name) => resolve(state, name).await?,
+        Host::Name(name) => {
+            let (addrs, monitored) = resolve(state, name).await?;
+            if let Some(rule) = monitored {
+                decision = Decision {
+                    outcome: Outcome::AllowMonitor,
+                    rule,
+                };
+            }
+            addrs
+        }
     };
     let (upstream, addr) = dial(&addrs, port, state.rules.limits().connect_timeout).await?;
     rec.addr = Some(addr);
@@ -637,7 +671,13 @@ async fn prepare(
 }
 
 fn client_gone(e: io::Error) -> Refusal {
-    Refusal::failure("client", (400, "Bad Request"), 0, format!("client: {e}"))
+    Refusal::failure(
+        "client",
+        (400, "Bad Request"),
+        socks::REP_GENERAL_FAILURE,
+        format!("client: {e}"),
+    )
+    .silent()
 }
 
 struct HttpFront(HttpError);
@@ -702,7 +742,7 @@ async fn read_until<T, E>(
             }
         }
         let old = buf.len();
-        buf.resize(max.max(old + 1).min(old + 4096).max(old + 1), 0);
+        buf.resize(old + max.saturating_sub(old).clamp(1, 4096), 0);
         let n = match tokio::time::timeout_at(deadline, client.read(&mut buf[old..])).await {
             Err(_) => {
                 buf.truncate(old);
@@ -834,7 +874,8 @@ async fn socks_handshake(
                 (400, ""),
                 socks::REP_GENERAL_FAILURE,
                 socks::SocksError::NoAcceptableMethod.to_string(),
-            ));
+            )
+            .silent());
         }
         Err(e) => return Err(fail(e)),
     };
@@ -847,17 +888,16 @@ async fn socks_handshake(
     Ok((host, port))
 }
 
-async fn resolve(state: &State, name: &str) -> Result<Vec<IpAddr>, Refusal> {
+/// Resolves an allowed name on the host and filters the answer; the addresses returned are the
+/// only ones this connection may dial. The second value names a monitor-mode violation found in
+/// the answer (an address in a denied CIDR).
+async fn resolve(state: &State, name: &str) -> Result<(Vec<IpAddr>, Option<String>), Refusal> {
     let timeout = state.rules.limits().connect_timeout;
-    let _permit = state.resolving.acquire().await.map_err(|_| {
-        Refusal::failure(
-            "resolution",
-            (502, "Bad Gateway"),
-            socks::REP_GENERAL_FAILURE,
-            "shutting down".into(),
-        )
-    })?;
-    let addrs = match tokio::time::timeout(timeout, state.resolver.resolve(name)).await {
+    let lookup = async {
+        let _permit = state.resolving.acquire().await.map_err(io::Error::other)?;
+        state.resolver.resolve(name).await
+    };
+    let addrs = match tokio::time::timeout(timeout, lookup).await {
         Err(_) => {
             return Err(Refusal::failure(
                 "resolution",
@@ -876,10 +916,7 @@ async fn resolve(state: &State, name: &str) -> Result<Vec<IpAddr>, Refusal> {
         }
         Ok(Ok(a)) => a,
     };
-    match state.rules.filter_resolved(&addrs) {
-        Ok((kept, _)) => Ok(kept),
-        Err(d) => Err(Refusal::policy(d)),
-    }
+    state.rules.filter_resolved(&addrs).map_err(Refusal::policy)
 }
 
 /// Connects to the first pinned address that answers within the (shared) timeout.
