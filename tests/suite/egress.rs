@@ -1022,3 +1022,196 @@ fn connection_and_byte_limits() {
         "{r:?}"
     );
 }
+
+/// Measurements for `scripts/bench-egress.sh` (run in release mode; prints, asserts nothing
+/// about speed). The supervisor runs on a 2-worker runtime in this process; clients run on
+/// threads inside the sandbox namespace; the upstream is a loopback server of this process,
+/// opened to the sandbox by an explicit `127.0.0.1` CIDR rule.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-egress.sh"]
+#[allow(clippy::print_stdout)]
+fn bench_egress() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    if !nix::unistd::geteuid().is_root() {
+        skip("the egress benchmark needs root (network namespaces)");
+        return;
+    }
+    let secs = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let bulk_mib: u64 = secs("AIP_BENCH_BULK_MIB", 4096);
+    let rounds: usize = secs("AIP_BENCH_CONNECTS", 2000) as usize;
+    let dns_secs: u64 = secs("AIP_BENCH_DNS_SECS", 3);
+
+    // Upstream on the host's loopback: echo for latency, a byte source for bulk.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let source = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (echo_port, source_port) = (echo.local_addr().unwrap().port(), source.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for s in echo.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut b = [0u8; 64];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        for s in source.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut want = [0u8; 8];
+                if s.read_exact(&mut want).is_err() {
+                    return;
+                }
+                let mut left = u64::from_be_bytes(want);
+                let buf = vec![0x5au8; 256 * 1024];
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+
+    let cfg = policy(&format!(
+        "mode: block\nallowed_hosts: [127.0.0.1, bench.test]\nallowed_ports: [{echo_port}, {source_port}]\n"
+    ));
+    let plan = EgressPlan::new(&cfg).unwrap();
+    let net = plan.net_mode();
+    let (netns, fds) = std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).unwrap();
+        (File::open("/proc/thread-self/ns/net").unwrap(), setup_in_netns(&net).unwrap())
+    })
+    .join()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink = Arc::new(MemorySink::default());
+    let sup = {
+        let _g = rt.enter();
+        Supervisor::start(&plan, fds, SupervisorCtx::new("bench", "bench", sink.clone())).unwrap()
+    };
+    let inside = |f: Box<dyn FnOnce() -> Vec<f64> + Send>| {
+        let ns = netns.try_clone().unwrap();
+        std::thread::spawn(move || {
+            setns(&ns, CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    };
+    fn connect_via_proxy(port: u16) -> TcpStream {
+        let mut s = TcpStream::connect("127.0.0.1:3128").unwrap();
+        s.set_nodelay(true).unwrap();
+        write!(s, "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        s
+    }
+    fn ping(s: &mut TcpStream) {
+        let mut b = [0u8; 1];
+        s.write_all(b"x").unwrap();
+        s.read_exact(&mut b).unwrap();
+    }
+    fn percentile(v: &mut [f64], p: f64) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p) as usize]
+    }
+
+    // 1. Connect latency: connect + first round trip, direct vs through the proxy.
+    let mut direct: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            let mut s = TcpStream::connect(("127.0.0.1", echo_port)).unwrap();
+            s.set_nodelay(true).unwrap();
+            ping(&mut s);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let mut proxied = inside(Box::new(move || {
+        (0..rounds)
+            .map(|_| {
+                let t = Instant::now();
+                let mut s = connect_via_proxy(echo_port);
+                ping(&mut s);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect()
+    }));
+    let (d50, p50) = (percentile(&mut direct, 0.5), percentile(&mut proxied, 0.5));
+    let (d99, p99) = (percentile(&mut direct, 0.99), percentile(&mut proxied, 0.99));
+    println!("connect+first byte, {rounds} rounds: direct p50 {d50:.3} ms p99 {d99:.3} ms; via proxy p50 {p50:.3} ms p99 {p99:.3} ms");
+    println!("RESULT added_connect_latency_ms_p50 {:.3}", p50 - d50);
+
+    // 2. Bulk download through the proxy (and the same loopback transfer direct, for reference).
+    let bytes = bulk_mib * 1024 * 1024;
+    let pull = move |s: &mut TcpStream| {
+        s.write_all(&bytes.to_be_bytes()).unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        let t = Instant::now();
+        while got < bytes {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "stream ended early");
+            got += n as u64;
+        }
+        got as f64 / t.elapsed().as_secs_f64() / 1e9
+    };
+    let direct_gbs = pull(&mut TcpStream::connect(("127.0.0.1", source_port)).unwrap());
+    let proxied_gbs = inside(Box::new(move || vec![pull(&mut connect_via_proxy(source_port))]))[0];
+    println!("bulk {bulk_mib} MiB: direct {direct_gbs:.2} GB/s; via proxy {proxied_gbs:.2} GB/s");
+    println!("RESULT proxy_throughput_gb_per_s {proxied_gbs:.2}");
+
+    // 3. DNS stub: queries/s with 64 in flight from one client thread.
+    let qps = inside(Box::new(move || {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{Name, RecordType};
+        let mut m = Message::new(0, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii("bench.test.").unwrap(), RecordType::A));
+        let q = m.to_vec().unwrap();
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.connect("127.0.0.1:53").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for _ in 0..64 {
+            s.send(&q).unwrap();
+        }
+        let mut buf = [0u8; 512];
+        let (mut answered, end) = (0u64, Instant::now() + Duration::from_secs(dns_secs));
+        let t = Instant::now();
+        while Instant::now() < end {
+            if s.recv(&mut buf).is_err() {
+                // A datagram was dropped (full socket buffer): put one back in flight.
+                s.send(&q).unwrap();
+                continue;
+            }
+            answered += 1;
+            s.send(&q).unwrap();
+        }
+        vec![answered as f64 / t.elapsed().as_secs_f64()]
+    }))[0];
+    println!("RESULT dns_queries_per_s {qps:.0}");
+    rt.block_on(sup.shutdown());
+    let records = sink.records();
+    assert!(records.iter().filter(|r| r.get_str("event") == Some("EGRESS_CONNECTION")).count() >= rounds);
+}
