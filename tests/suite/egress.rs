@@ -359,37 +359,56 @@ impl Sandbox {
         }
     }
 
-    /// A command that runs inside the sandbox's network namespace with the plan's environment,
-    /// `resolv.conf` and `hosts`.
-    fn command(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!(
-            "--net=/proc/{}/fd/{}",
-            std::process::id(),
-            self.netns.as_raw_fd()
-        ));
-        c.args([
-            "--",
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-        ]);
-        c.arg("mount --bind \"$1\" /etc/resolv.conf && mount --bind \"$2\" /etc/hosts && shift 2 && exec \"$@\"");
-        c.arg("sh");
-        c.arg(self.files.path().join("resolv.conf"));
-        c.arg(self.files.path().join("hosts"));
-        c.arg(program);
-        c.args(args);
-        for (k, v) in self.plan.env() {
-            c.env(k, v);
+    /// The argv that runs `program` inside the sandbox's network namespace, with its
+    /// `resolv.conf` and `hosts` bind-mounted in a private mount namespace.
+    fn argv(&self, program: &str, args: &[&str]) -> Vec<String> {
+        let mut v = vec![
+            "nsenter".to_owned(),
+            format!(
+                "--net=/proc/{}/fd/{}",
+                std::process::id(),
+                self.netns.as_raw_fd()
+            ),
+        ];
+        v.extend(
+            [
+                "--",
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ]
+            .map(String::from),
+        );
+        v.push("mount --bind \"$1\" /etc/resolv.conf && mount --bind \"$2\" /etc/hosts && shift 2 && exec \"$@\"".into());
+        v.push("sh".into());
+        for f in ["resolv.conf", "hosts"] {
+            v.push(self.files.path().join(f).to_string_lossy().into_owned());
         }
-        c.env("SSL_CERT_FILE", &self.cert);
-        c.env("NODE_EXTRA_CA_CERTS", &self.cert);
-        c.env("CURL_CA_BUNDLE", &self.cert);
+        v.push(program.to_owned());
+        v.extend(args.iter().map(|a| a.to_string()));
+        v
+    }
+
+    /// The plan's proxy environment plus trust for the test certificate.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.plan.env();
+        let cert = self.cert.to_string_lossy().into_owned();
+        for k in ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"] {
+            env.push((k.to_owned(), cert.clone()));
+        }
+        env
+    }
+
+    /// A command that runs inside the sandbox (see [`Sandbox::argv`]) with [`Sandbox::env`].
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let argv = self.argv(program, args);
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c.envs(self.env());
         c
     }
 
@@ -1050,7 +1069,10 @@ fn bench_egress() {
     // Upstream on the host's loopback: echo for latency, a byte source for bulk.
     let echo = TcpListener::bind("127.0.0.1:0").unwrap();
     let source = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (echo_port, source_port) = (echo.local_addr().unwrap().port(), source.local_addr().unwrap().port());
+    let (echo_port, source_port) = (
+        echo.local_addr().unwrap().port(),
+        source.local_addr().unwrap().port(),
+    );
     std::thread::spawn(move || {
         for s in echo.incoming() {
             let Ok(mut s) = s else { continue };
@@ -1093,7 +1115,10 @@ fn bench_egress() {
     let net = plan.net_mode();
     let (netns, fds) = std::thread::spawn(move || {
         unshare(CloneFlags::CLONE_NEWNET).unwrap();
-        (File::open("/proc/thread-self/ns/net").unwrap(), setup_in_netns(&net).unwrap())
+        (
+            File::open("/proc/thread-self/ns/net").unwrap(),
+            setup_in_netns(&net).unwrap(),
+        )
     })
     .join()
     .unwrap();
@@ -1105,7 +1130,12 @@ fn bench_egress() {
     let sink = Arc::new(MemorySink::default());
     let sup = {
         let _g = rt.enter();
-        Supervisor::start(&plan, fds, SupervisorCtx::new("bench", "bench", sink.clone())).unwrap()
+        Supervisor::start(
+            &plan,
+            fds,
+            SupervisorCtx::new("bench", "bench", sink.clone()),
+        )
+        .unwrap()
     };
     let inside = |f: Box<dyn FnOnce() -> Vec<f64> + Send>| {
         let ns = netns.try_clone().unwrap();
@@ -1119,7 +1149,11 @@ fn bench_egress() {
     fn connect_via_proxy(port: u16) -> TcpStream {
         let mut s = TcpStream::connect("127.0.0.1:3128").unwrap();
         s.set_nodelay(true).unwrap();
-        write!(s, "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
+        write!(
+            s,
+            "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        )
+        .unwrap();
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -1160,8 +1194,13 @@ fn bench_egress() {
             .collect()
     }));
     let (d50, p50) = (percentile(&mut direct, 0.5), percentile(&mut proxied, 0.5));
-    let (d99, p99) = (percentile(&mut direct, 0.99), percentile(&mut proxied, 0.99));
-    println!("connect+first byte, {rounds} rounds: direct p50 {d50:.3} ms p99 {d99:.3} ms; via proxy p50 {p50:.3} ms p99 {p99:.3} ms");
+    let (d99, p99) = (
+        percentile(&mut direct, 0.99),
+        percentile(&mut proxied, 0.99),
+    );
+    println!(
+        "connect+first byte, {rounds} rounds: direct p50 {d50:.3} ms p99 {d99:.3} ms; via proxy p50 {p50:.3} ms p99 {p99:.3} ms"
+    );
     println!("RESULT added_connect_latency_ms_p50 {:.3}", p50 - d50);
 
     // 2. Bulk download through the proxy (and the same loopback transfer direct, for reference).
@@ -1179,7 +1218,9 @@ fn bench_egress() {
         got as f64 / t.elapsed().as_secs_f64() / 1e9
     };
     let direct_gbs = pull(&mut TcpStream::connect(("127.0.0.1", source_port)).unwrap());
-    let proxied_gbs = inside(Box::new(move || vec![pull(&mut connect_via_proxy(source_port))]))[0];
+    let proxied_gbs = inside(Box::new(move || {
+        vec![pull(&mut connect_via_proxy(source_port))]
+    }))[0];
     println!("bulk {bulk_mib} MiB: direct {direct_gbs:.2} GB/s; via proxy {proxied_gbs:.2} GB/s");
     println!("RESULT proxy_throughput_gb_per_s {proxied_gbs:.2}");
 
@@ -1188,7 +1229,10 @@ fn bench_egress() {
         use hickory_proto::op::{Message, MessageType, OpCode, Query};
         use hickory_proto::rr::{Name, RecordType};
         let mut m = Message::new(0, MessageType::Query, OpCode::Query);
-        m.add_query(Query::query(Name::from_ascii("bench.test.").unwrap(), RecordType::A));
+        m.add_query(Query::query(
+            Name::from_ascii("bench.test.").unwrap(),
+            RecordType::A,
+        ));
         let q = m.to_vec().unwrap();
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.connect("127.0.0.1:53").unwrap();
@@ -1213,5 +1257,101 @@ fn bench_egress() {
     println!("RESULT dns_queries_per_s {qps:.0}");
     rt.block_on(sup.shutdown());
     let records = sink.records();
-    assert!(records.iter().filter(|r| r.get_str("event") == Some("EGRESS_CONNECTION")).count() >= rounds);
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.get_str("event") == Some("EGRESS_CONNECTION"))
+            .count()
+            >= rounds
+    );
+}
+
+/// The installed MCP peers (`scripts/install-peers.sh`; `AIP_PEERS` or `<repo>/.peers`).
+fn peers() -> Option<PathBuf> {
+    let dir = std::env::var_os("AIP_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".peers"));
+    if dir.join("py/bin/mcp-server-fetch").exists() {
+        Some(dir)
+    } else {
+        skip(&format!(
+            "MCP peers not installed in {} (scripts/install-peers.sh)",
+            dir.display()
+        ));
+        None
+    }
+}
+
+/// The real PyPI mcp-server-fetch, in the sandbox's network namespace, driven by the official
+/// Python SDK client. `--allow-private-ips` is needed because the server's own SSRF guard sees
+/// the stub's fake address (198.18.0.0/15) for every allowed name; the supervisor enforces the
+/// real address checks on the host side. The in-flight call is set by the test here; through
+/// `aip run` the proxy supplies it from the stdio stream.
+#[test]
+fn mcp_server_fetch_reaches_the_allowed_host_and_not_the_denied_one() {
+    let Some(peers) = peers() else { return };
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(&world, &policy(BASIC));
+    sb.set_call("3", "fetch");
+    let fetch = peers.join("py/bin/mcp-server-fetch");
+    let mut env: serde_json::Map<String, serde_json::Value> =
+        sb.env().into_iter().map(|(k, v)| (k, v.into())).collect();
+    env.insert(
+        "PATH".into(),
+        std::env::var("PATH").unwrap_or_default().into(),
+    );
+    let spec = serde_json::json!({
+        "command": sb.argv(fetch.to_str().unwrap(), &["--ignore-robots-txt", "--allow-private-ips"]),
+        "env": env,
+        "calls": [
+            {"tool": "fetch", "arguments": {"url": "https://remote.test/mcp", "raw": true}},
+            {"tool": "fetch", "arguments": {"url": "http://remote.test/plain", "raw": true}},
+            {"tool": "fetch", "arguments": {"url": "https://denied.test/", "raw": true}},
+        ],
+    });
+    let client = repo_root().join("tests/data/egress/fetch_client.py");
+    let o = run(
+        Command::new(peers.join("py/bin/python"))
+            .arg(client)
+            .arg(spec.to_string()),
+        Duration::from_secs(120),
+    );
+    let out = stdout(&o);
+    let results: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 3, "{out}\n{}", stderr(&o));
+    assert_eq!(results[0]["isError"], false, "{}", results[0]);
+    assert!(
+        results[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from remote remote.test /mcp")
+    );
+    assert!(
+        results[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from remote remote.test /plain")
+    );
+    assert_eq!(results[2]["isError"], true);
+    assert!(
+        results[2]["text"].as_str().unwrap().contains("403"),
+        "{}",
+        results[2]
+    );
+    let records = sb.finish();
+    let ok = connections(&records, "remote.test");
+    assert!(ok.iter().any(|r| r.get_str("decision") == Some("ALLOW")
+        && r.get_str("via") == Some("http_connect")
+        && r.get_str("request_id") == Some("3")
+        && r.get_str("tool") == Some("fetch")));
+    assert!(ok.iter().any(|r| r.get_str("via") == Some("http_forward")));
+    let denied = connections(&records, "denied.test");
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.get_str("decision") == Some("BLOCK") && r.get_str("tool") == Some("fetch"))
+    );
 }
