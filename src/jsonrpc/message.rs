@@ -1,0 +1,700 @@
+//! The one strict parse of a JSON-RPC line.
+//!
+//! `serde_json` does the JSON work; the visitors here add what a security proxy needs on top:
+//! - duplicate object keys are rejected at every depth (serde_json's `Value` would silently keep
+//!   the last one, while other readers keep the first: a classic smuggling vector);
+//! - keys that are case variants of `jsonrpc id method params result error` (and, inside
+//!   `params`, of `name arguments`) are rejected, because some readers (Go's `encoding/json`)
+//!   match keys case-insensitively and even fold `ſ` to `s`;
+//! - batches (JSON arrays, removed from MCP in 2025-06-18) and non-objects are rejected;
+//! - requests must carry a string or integer-valued number id (MCP forbids null ids).
+//!
+//! The `id` is kept as the exact JSON text the peer sent so replies echo it byte for byte.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Number, Value};
+
+use super::codes;
+
+/// What kind of JSON-RPC message a line holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+    ErrorResponse,
+}
+
+/// A parsed message. Fields are taken from the envelope; `params`, `result` and `error` are
+/// whole JSON values (parsed strictly).
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub kind: Kind,
+    /// The id exactly as sent (`123`, `"abc"`), absent for notifications.
+    pub id: Option<Box<RawValue>>,
+    pub method: Option<String>,
+    pub params: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+}
+
+impl Message {
+    /// The id's JSON text, if any.
+    pub fn id_text(&self) -> Option<&str> {
+        self.id.as_deref().map(RawValue::get)
+    }
+}
+
+/// Why a line was not accepted, with the JSON-RPC error code to reply with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub code: i64,
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.reason, self.code)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl ParseError {
+    fn invalid(reason: impl Into<String>) -> Self {
+        ParseError {
+            code: codes::INVALID_REQUEST,
+            reason: reason.into(),
+        }
+    }
+}
+
+const ENVELOPE_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
+const PARAMS_KEYS: [&str; 2] = ["name", "arguments"];
+
+/// Marker our visitors put in front of semantic (non-syntax) errors so they map to -32600.
+const STRICT: &str = "strict: ";
+
+/// Which side sent the line; the client side is held to the stricter envelope rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Server,
+}
+
+/// Parses one line (without its newline). Client lines may not carry unknown envelope keys;
+/// server lines may (they are forwarded untouched), but never case variants of known ones.
+pub fn parse(line: &[u8], origin: Origin) -> Result<Message, ParseError> {
+    let first = line.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'{') => {}
+        Some(b'[') => {
+            return Err(ParseError::invalid(
+                "batch requests are not supported (removed from MCP in 2025-06-18)",
+            ));
+        }
+        None => return Err(ParseError::invalid("empty message")),
+        Some(_) => {
+            // Either not JSON at all (-32700) or a JSON scalar (-32600); let serde_json tell.
+            return match serde_json::from_slice::<de::IgnoredAny>(line) {
+                Ok(_) => Err(ParseError::invalid("a JSON-RPC message must be an object")),
+                Err(e) => Err(ParseError {
+                    code: codes::PARSE_ERROR,
+                    reason: format!("parse error: {e}"),
+                }),
+            };
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let env = de
+        .deserialize_map(EnvelopeVisitor { origin })
+        .and_then(|env| de.end().map(|()| env))
+        .map_err(classify)?;
+    env.into_message(origin)
+}
+
+fn classify(e: serde_json::Error) -> ParseError {
+    let text = e.to_string();
+    match text.strip_prefix(STRICT) {
+        Some(rest) => ParseError::invalid(rest.to_owned()),
+        None if e.is_data() => ParseError::invalid(text),
+        None => ParseError {
+            code: codes::PARSE_ERROR,
+            reason: format!("parse error: {text}"),
+        },
+    }
+}
+
+/// True when `key` is not `target` but a reader that folds case would take it for `target`.
+fn is_case_variant(key: &str, target: &str) -> bool {
+    if key == target || key.chars().count() != target.len() {
+        return false;
+    }
+    key.chars().zip(target.chars()).all(|(k, t)| {
+        let k = match k {
+            // Unicode simple folding maps these onto ASCII letters (Go's EqualFold does too).
+            '\u{017F}' => 's',
+            '\u{212A}' => 'k',
+            c => c.to_ascii_lowercase(),
+        };
+        k == t
+    })
+}
+
+fn strict_err<E: de::Error>(msg: impl fmt::Display) -> E {
+    E::custom(format_args!("{STRICT}{msg}"))
+}
+
+#[derive(Default)]
+struct Envelope {
+    jsonrpc: Option<Value>,
+    id: Option<Box<RawValue>>,
+    method: Option<Value>,
+    params: Option<Value>,
+    result: Option<Value>,
+    error: Option<Value>,
+}
+
+impl Envelope {
+    fn into_message(self, origin: Origin) -> Result<Message, ParseError> {
+        match self.jsonrpc {
+            Some(Value::String(ref v)) if v == "2.0" => {}
+            Some(_) => return Err(ParseError::invalid("\"jsonrpc\" must be \"2.0\"")),
+            None => return Err(ParseError::invalid("missing \"jsonrpc\": \"2.0\"")),
+        }
+        if let Some(id) = &self.id {
+            check_id(id)?;
+        }
+        let method = match self.method {
+            None => None,
+            Some(Value::String(m)) => Some(m),
+            Some(_) => return Err(ParseError::invalid("\"method\" must be a string")),
+        };
+        if let Some(params) = &self.params {
+            if !(params.is_object() || params.is_array()) {
+                return Err(ParseError::invalid("\"params\" must be an object or array"));
+            }
+            if let (Origin::Client, Some(map)) = (origin, params.as_object()) {
+                for key in map.keys() {
+                    if let Some(t) = PARAMS_KEYS.iter().find(|t| is_case_variant(key, t)) {
+                        return Err(ParseError::invalid(format!(
+                            "\"params\" key {key:?} is a case variant of {t:?}"
+                        )));
+                    }
+                }
+            }
+        }
+        let kind = match (&method, &self.result, &self.error) {
+            (Some(_), None, None) => {
+                if self.id.is_some() {
+                    Kind::Request
+                } else {
+                    Kind::Notification
+                }
+            }
+            (None, Some(_), None) => Kind::Response,
+            (None, None, Some(_)) => Kind::ErrorResponse,
+            (Some(_), _, _) => {
+                return Err(ParseError::invalid(
+                    "a message with \"method\" cannot carry \"result\" or \"error\"",
+                ));
+            }
+            (None, Some(_), Some(_)) => {
+                return Err(ParseError::invalid(
+                    "a response cannot carry both \"result\" and \"error\"",
+                ));
+            }
+            (None, None, None) => {
+                return Err(ParseError::invalid(
+                    "neither a request (\"method\") nor a response (\"result\"/\"error\")",
+                ));
+            }
+        };
+        if matches!(kind, Kind::Response | Kind::ErrorResponse) {
+            if self.params.is_some() {
+                return Err(ParseError::invalid("a response cannot carry \"params\""));
+            }
+            if self.id.is_none() {
+                return Err(ParseError::invalid("a response must carry an \"id\""));
+            }
+        }
+        if kind == Kind::ErrorResponse {
+            check_error_object(self.error.as_ref())?;
+        }
+        Ok(Message {
+            kind,
+            id: self.id,
+            method,
+            params: self.params,
+            result: self.result,
+            error: self.error,
+        })
+    }
+}
+
+fn check_id(id: &RawValue) -> Result<(), ParseError> {
+    let text = id.get();
+    match text.as_bytes().first() {
+        Some(b'"') => Ok(()),
+        Some(b'-' | b'0'..=b'9') => {
+            if text.contains(['.', 'e', 'E']) {
+                Err(ParseError::invalid("\"id\" must be a string or an integer"))
+            } else {
+                Ok(())
+            }
+        }
+        Some(b'n') => Err(ParseError::invalid("\"id\" must not be null")),
+        _ => Err(ParseError::invalid("\"id\" must be a string or an integer")),
+    }
+}
+
+fn check_error_object(error: Option<&Value>) -> Result<(), ParseError> {
+    let Some(Value::Object(e)) = error else {
+        return Err(ParseError::invalid("\"error\" must be an object"));
+    };
+    if !e.get("code").is_some_and(Value::is_i64) {
+        return Err(ParseError::invalid("\"error.code\" must be an integer"));
+    }
+    if !e.get("message").is_some_and(Value::is_string) {
+        return Err(ParseError::invalid("\"error.message\" must be a string"));
+    }
+    Ok(())
+}
+
+struct EnvelopeVisitor {
+    origin: Origin,
+}
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON-RPC object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        let mut env = Envelope::default();
+        let mut unknown = Map::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "jsonrpc" => Some(&mut env.jsonrpc),
+                "method" => Some(&mut env.method),
+                "params" => Some(&mut env.params),
+                "result" => Some(&mut env.result),
+                "error" => Some(&mut env.error),
+                "id" => {
+                    if env.id.is_some() {
+                        return Err(strict_err(format_args!("duplicate key {key:?}")));
+                    }
+                    env.id = Some(map.next_value::<Box<RawValue>>()?);
+                    continue;
+                }
+                other => {
+                    if let Some(t) = ENVELOPE_KEYS.iter().find(|t| is_case_variant(other, t)) {
+                        return Err(strict_err(format_args!(
+                            "key {other:?} is a case variant of {t:?}"
+                        )));
+                    }
+                    if self.origin == Origin::Client {
+                        return Err(strict_err(format_args!("unknown key {other:?}")));
+                    }
+                    if unknown.contains_key(other) {
+                        return Err(strict_err(format_args!("duplicate key {other:?}")));
+                    }
+                    let v = map.next_value_seed(StrictValue)?;
+                    unknown.insert(other.to_owned(), v);
+                    continue;
+                }
+            };
+            let Some(slot) = slot else { continue };
+            if slot.is_some() {
+                return Err(strict_err(format_args!("duplicate key {key:?}")));
+            }
+            *slot = Some(map.next_value_seed(StrictValue)?);
+        }
+        Ok(env)
+    }
+}
+
+/// Builds a `serde_json::Value`, rejecting duplicate keys at every depth. Depth is bounded by
+/// serde_json's recursion limit (128).
+#[derive(Clone, Copy)]
+pub struct StrictValue;
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| strict_err("number out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(v) = seq.next_element_seed(StrictValue)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(strict_err(format_args!("duplicate key {key:?}")));
+            }
+            let v = map.next_value_seed(StrictValue)?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Parses any JSON text strictly (duplicate keys rejected at every depth).
+pub fn parse_value(text: &[u8]) -> Result<Value, ParseError> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    StrictValue
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(classify)
+}
+
+/// Best-effort recovery of a top-level `"id"` for an error reply to a line that could not be
+/// accepted (invalid or oversized). Never used to decide or forward anything: the peer controls
+/// the id either way. Returns the id's JSON text.
+pub fn recover_id(head: &[u8], tail: &[u8]) -> Option<String> {
+    if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(head) {
+        return m.get("id").and_then(id_text);
+    }
+    scan_head_for_id(head).or_else(|| scan_tail_for_id(tail))
+}
+
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(_) => serde_json::to_string(v).ok(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Walks the first bytes of an object at depth 1 looking for `"id": <scalar>`.
+fn scan_head_for_id(head: &[u8]) -> Option<String> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut expect_key = false;
+    while i < head.len() {
+        match head[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                expect_key = head[i] == b'{' && depth == 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b',' => {
+                expect_key = depth == 1;
+                i += 1;
+            }
+            b'"' => {
+                let end = string_end(head, i)?;
+                if depth == 1 && expect_key {
+                    let key: String = serde_json::from_slice(&head[i..=end]).ok()?;
+                    let mut j = end + 1;
+                    while j < head.len() && (head[j].is_ascii_whitespace() || head[j] == b':') {
+                        j += 1;
+                    }
+                    if key == "id" {
+                        return scalar_at(head, j);
+                    }
+                    expect_key = false;
+                    i = j;
+                } else {
+                    i = end + 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Looks at the end of a line for `"id": <scalar> }` (servers often put the id last).
+fn scan_tail_for_id(tail: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(tail).ok()?.trim_end();
+    let body = text.strip_suffix('}')?.trim_end();
+    let pos = body.rfind("\"id\"")?;
+    let rest = body[pos + 4..].trim_start().strip_prefix(':')?.trim_start();
+    let v: Value = serde_json::from_str(rest).ok()?;
+    id_text(&v)
+}
+
+fn string_end(buf: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < buf.len() {
+        match buf[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn scalar_at(buf: &[u8], i: usize) -> Option<String> {
+    let end = if buf.get(i) == Some(&b'"') {
+        string_end(buf, i)? + 1
+    } else {
+        i + buf[i..]
+            .iter()
+            .position(|b| matches!(b, b',' | b'}' | b' ' | b'\t' | b'\r' | b'\n'))?
+    };
+    let v: Value = serde_json::from_slice(&buf[i..end]).ok()?;
+    id_text(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    fn client(s: &str) -> Result<Message, ParseError> {
+        parse(s.as_bytes(), Origin::Client)
+    }
+
+    fn server(s: &str) -> Result<Message, ParseError> {
+        parse(s.as_bytes(), Origin::Server)
+    }
+
+    fn code(r: Result<Message, ParseError>) -> i64 {
+        r.expect_err("expected rejection").code
+    }
+
+    #[test]
+    fn parses_a_tools_call_request() {
+        let m = client(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"read","arguments":{"path":"/tmp/x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.kind, Kind::Request);
+        assert_eq!(m.id_text(), Some("7"));
+        assert_eq!(m.method.as_deref(), Some("tools/call"));
+        assert_eq!(m.params.unwrap()["arguments"]["path"], "/tmp/x");
+    }
+
+    #[test]
+    fn id_text_is_kept_exactly() {
+        let m = client(r#"{"jsonrpc":"2.0","id":"abc-123","method":"ping"}"#).unwrap();
+        assert_eq!(m.id_text(), Some(r#""abc-123""#));
+        let m =
+            client(r#"{"jsonrpc":"2.0","id":  12345678901234567890123 ,"method":"ping"}"#).unwrap();
+        assert_eq!(m.id_text(), Some("12345678901234567890123"));
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(
+            client(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .unwrap()
+                .kind,
+            Kind::Notification
+        );
+        assert_eq!(
+            server(r#"{"result":{},"jsonrpc":"2.0","id":2}"#)
+                .unwrap()
+                .kind,
+            Kind::Response
+        );
+        assert_eq!(
+            server(r#"{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"nope"}}"#)
+                .unwrap()
+                .kind,
+            Kind::ErrorResponse
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected_at_every_level() {
+        for s in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"p":1,"p":2}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[{"q":1,"q":1}]}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","na\u006de":"b"}}"#,
+        ] {
+            assert_eq!(code(client(s)), codes::INVALID_REQUEST, "{s}");
+        }
+        assert_eq!(
+            code(server(r#"{"jsonrpc":"2.0","id":1,"result":{"a":1,"a":2}}"#)),
+            codes::INVALID_REQUEST
+        );
+    }
+
+    #[test]
+    fn case_variants_of_known_keys_are_rejected() {
+        for s in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","Method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","ID":1,"method":"ping"}"#,
+            r#"{"JSONRPC":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","PARAMS":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","argumentſ":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","ARGUMENTS":{}}}"#,
+        ] {
+            assert_eq!(code(client(s)), codes::INVALID_REQUEST, "{s}");
+        }
+        assert_eq!(
+            code(server(
+                r#"{"jsonrpc":"2.0","id":1,"Result":{},"result":{}}"#
+            )),
+            codes::INVALID_REQUEST
+        );
+    }
+
+    #[test]
+    fn client_may_not_add_envelope_keys_but_server_may() {
+        assert_eq!(
+            code(client(
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":1}"#
+            )),
+            codes::INVALID_REQUEST
+        );
+        assert!(server(r#"{"jsonrpc":"2.0","id":1,"result":{},"extra":1}"#).is_ok());
+    }
+
+    #[test]
+    fn batches_scalars_and_garbage() {
+        assert_eq!(
+            code(client(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)),
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(code(client("42")), codes::INVALID_REQUEST);
+        assert_eq!(code(client("{not json")), codes::PARSE_ERROR);
+        assert_eq!(code(client("hello")), codes::PARSE_ERROR);
+        assert_eq!(
+            code(client(
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping"} trailing"#
+            )),
+            codes::PARSE_ERROR
+        );
+        assert_eq!(code(client("")), codes::INVALID_REQUEST);
+        assert_eq!(
+            code(parse(
+                b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\"}",
+                Origin::Client
+            )),
+            codes::PARSE_ERROR
+        );
+    }
+
+    #[test]
+    fn envelope_shape_rules() {
+        for s in [
+            r#"{"id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+        ] {
+            assert_eq!(code(client(s)), codes::INVALID_REQUEST, "{s}");
+        }
+        for s in [
+            r#"{"jsonrpc":"2.0","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":"boom"}"#,
+        ] {
+            assert_eq!(code(server(s)), codes::INVALID_REQUEST, "{s}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{}1{}}}}}"#,
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        assert!(client(&deep).is_err());
+    }
+
+    #[test]
+    fn case_variant_detection() {
+        assert!(is_case_variant("Method", "method"));
+        assert!(is_case_variant("argumentſ", "arguments"));
+        assert!(!is_case_variant("method", "method"));
+        assert!(!is_case_variant("methods", "method"));
+        assert!(!is_case_variant("mëthod", "method"));
+    }
+
+    #[test]
+    fn recovers_ids_from_bad_or_truncated_lines() {
+        assert_eq!(
+            recover_id(
+                br#"{"jsonrpc":"2.0","id":5,"method":"a","method":"b"}"#,
+                b""
+            ),
+            Some("5".into())
+        );
+        assert_eq!(
+            recover_id(
+                br#"{"jsonrpc":"2.0","params":{"id":9},"id":"x-1","method":"aaaa"#,
+                b""
+            ),
+            Some(r#""x-1""#.into())
+        );
+        assert_eq!(
+            recover_id(
+                br#"{"result":{"content":[{"text":"aaaa"#,
+                br#"aaaa"}]},"jsonrpc":"2.0","id":42}"#
+            ),
+            Some("42".into())
+        );
+        assert_eq!(recover_id(b"garbage", b"garbage"), None);
+    }
+}
