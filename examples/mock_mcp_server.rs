@@ -75,7 +75,9 @@ impl Server {
     }
 
     fn error(&mut self, id: &Value, code: i64, message: &str) {
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}));
+        self.send(
+            &json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+        );
     }
 
     fn call(&mut self, id: &Value, params: &Value, input: &mut impl BufRead) {
@@ -155,7 +157,9 @@ impl Server {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let ignore_eof = args.iter().any(|a| a == "--ignore-eof" || a == "--ignore-sigterm");
+    let ignore_eof = args
+        .iter()
+        .any(|a| a == "--ignore-eof" || a == "--ignore-sigterm");
     if args.iter().any(|a| a == "--ignore-sigterm") {
         // SAFETY: setting a signal disposition to SIG_IGN before any other thread exists.
         #[allow(unsafe_code)]

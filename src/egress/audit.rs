@@ -206,10 +206,13 @@ impl Auditor {
 
     /// Queues a DNS record (refused or monitored lookup), rate-limited, never blocking.
     pub fn dns(&self, name: &str, qtype: &str, decision: &Decision) {
-        let mut limit = self.dns_limit.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(suppressed) = limit.admit(Instant::now()) else {
-            return;
-        };
+        let admitted = self
+            .dns_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(Instant::now());
+        let Some(suppressed) = admitted else { return };
+        // The callback is the caller's: never call it with our lock held.
         let call = self.in_flight();
         let mut r = self
             .base("EGRESS_DNS", &call)
@@ -223,7 +226,10 @@ impl Auditor {
             r.set("suppressed_before", suppressed);
         }
         if self.tx.try_send(r).is_err() {
-            limit.count_dropped();
+            self.dns_limit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .count_dropped();
         }
     }
 
