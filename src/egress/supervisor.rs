@@ -370,6 +370,8 @@ struct Refusal {
     error: Option<String>,
     /// Nothing more is sent to the client (it is gone, or was already answered).
     silent: bool,
+    /// Reset the client connection (a tunnel was already reported as established).
+    reset: bool,
 }
 
 impl Refusal {
@@ -380,6 +382,7 @@ impl Refusal {
             socks: socks::REP_NOT_ALLOWED,
             error: None,
             silent: false,
+            reset: false,
         }
     }
     fn failure(rule: &str, http: (u16, &'static str), socks: u8, error: String) -> Refusal {
@@ -392,10 +395,15 @@ impl Refusal {
             socks,
             error: Some(error),
             silent: false,
+            reset: false,
         }
     }
     fn silent(mut self) -> Refusal {
         self.silent = true;
+        self
+    }
+    fn reset(mut self) -> Refusal {
+        self.reset = true;
         self
     }
 }
@@ -480,6 +488,10 @@ async fn refuse(client: &mut TcpStream, via: Via, rec: &ConnectionAudit, r: &Ref
     if r.silent {
         return;
     }
+    if r.reset {
+        let _ = client.set_zero_linger();
+        return;
+    }
     let target = if rec.host.is_empty() {
         "request".to_owned()
     } else {
@@ -523,6 +535,14 @@ async fn prepare(
             (503, "Service Unavailable"),
             socks::REP_GENERAL_FAILURE,
             "audit log unavailable; egress stopped".into(),
+        ));
+    }
+    if state.budget.exhausted() {
+        return Err(Refusal::failure(
+            "limits.max_bytes",
+            (503, "Service Unavailable"),
+            socks::REP_GENERAL_FAILURE,
+            "the sandbox's byte budget is spent".into(),
         ));
     }
     let mut buf: Vec<u8> = Vec::new();
@@ -648,10 +668,13 @@ async fn prepare(
         && port == 443
         && let Host::Name(name) = &host
     {
-        let sni = read_hello(client, &mut first).await?;
+        // The client already holds a success reply: a refusal now can only reset the tunnel.
+        let sni = read_hello(client, &mut first)
+            .await
+            .map_err(Refusal::reset)?;
         rec.sni = sni.clone();
         if sni.is_some() {
-            check_sni(&state.rules, name, sni, &mut decision)?;
+            check_sni(&state.rules, name, sni, &mut decision).map_err(Refusal::reset)?;
         }
     }
     rec.decision = decision;

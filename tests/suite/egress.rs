@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aip::audit::{MemorySink, Record};
+use aip::audit::{AuditError, MemorySink, Record, Sink};
 use aip::egress::resolve::ResolveFuture;
 use aip::egress::{EgressPlan, Resolve, StaticResolver, Supervisor, SupervisorCtx};
 use aip::policy::egress_config::EgressConfig;
@@ -276,13 +276,32 @@ impl Resolve for Counting {
     }
 }
 
+/// A memory sink that can be made to fail (to show egress stops when audit does).
+#[derive(Default)]
+struct BreakableSink {
+    inner: MemorySink,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl Sink for BreakableSink {
+    fn write(&self, record: &Record) -> Result<(), AuditError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(AuditError::Write {
+                target: "test".into(),
+                source: std::io::Error::other("disk full"),
+            });
+        }
+        self.inner.write(record)
+    }
+}
+
 /// One sandbox (`S`) with its egress supervisor running in `H`.
 struct Sandbox {
     rt: tokio::runtime::Runtime,
     sup: Option<Supervisor>,
     netns: File,
     plan: EgressPlan,
-    audit: Arc<MemorySink>,
+    audit: Arc<BreakableSink>,
     resolver: Arc<Counting>,
     files: tempfile::TempDir,
     cert: PathBuf,
@@ -317,7 +336,7 @@ impl Sandbox {
             })
             .build()
             .unwrap();
-        let audit = Arc::new(MemorySink::default());
+        let audit = Arc::new(BreakableSink::default());
         let resolver = Arc::new(Counting {
             inner: StaticResolver::new()
                 .with("remote.test", &[IpAddr::V4(REMOTE_IP)])
@@ -457,7 +476,7 @@ impl Sandbox {
         if let Some(sup) = self.sup.take() {
             self.rt.block_on(sup.shutdown());
         }
-        self.audit.records()
+        self.audit.inner.records()
     }
 }
 
@@ -1356,4 +1375,37 @@ fn mcp_server_fetch_reaches_the_allowed_host_and_not_the_denied_one() {
             .iter()
             .any(|r| r.get_str("decision") == Some("BLOCK") && r.get_str("tool") == Some("fetch"))
     );
+}
+
+#[test]
+fn egress_stops_when_audit_records_cannot_be_written() {
+    let Some(world) = World::new() else { return };
+    let sb = Sandbox::new(&world, &policy(BASIC));
+    let o = sb.curl(&["https://remote.test/before"]);
+    assert_eq!(
+        stdout(&o),
+        "hello from remote remote.test /before\n",
+        "{}",
+        stderr(&o)
+    );
+    sb.audit.broken.store(true, Ordering::SeqCst);
+    // The record of this connection is the one that fails to be written…
+    let o = sb.curl(&["https://remote.test/during"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // …and from then on nothing leaves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = sb.curl(&["http://remote.test/after"]);
+        if stdout(&o).contains("audit log unavailable; egress stopped") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "egress kept going without audit: {}",
+            stdout(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = sb.python("import socket\ntry:\n s=socket.create_connection(('remote.test',7000),timeout=5); s.sendall(b'x\\n'); print(repr(s.recv(10)))\nexcept Exception as e: print(type(e).__name__)");
+    assert!(!stdout(&o).contains("echo"), "{}", stdout(&o));
 }
