@@ -150,6 +150,14 @@ impl EgressPlan {
     }
 }
 
+impl EgressPlan {
+    /// UDP ports Landlock (where it restricts UDP) should allow the server to send to: the DNS
+    /// stub only.
+    pub fn landlock_connect_udp_ports(&self) -> Vec<u16> {
+        vec![DNS_PORT]
+    }
+}
+
 /// Whether the kernel can create IPv6 sockets (false when booted with `ipv6.disable=1`).
 pub fn kernel_has_ipv6() -> bool {
     std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok()
