@@ -499,13 +499,30 @@ fn connections<'a>(records: &'a [Record], host: &str) -> Vec<&'a Record> {
 
 /// A DNS A query for `name` sent to the stub from inside the sandbox; returns (rcode, addresses).
 fn dns_query(sb: &Sandbox, name: &str) -> (u8, Vec<Ipv4Addr>) {
+    dns_query_over(sb, name, false)
+}
+
+/// As [`dns_query`], over UDP or (`tcp`) over TCP with the two-byte length prefix.
+fn dns_query_over(sb: &Sandbox, name: &str, tcp: bool) -> (u8, Vec<Ipv4Addr>) {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
     use hickory_proto::rr::{Name, RData, RecordType};
+    use std::io::{Read, Write};
     let mut m = Message::new(42, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     let q = m.to_vec().unwrap();
     let resp = sb.inside(move || {
+        if tcp {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:53").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+            s.write_all(&q).unwrap();
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).unwrap();
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf).unwrap();
+            return buf;
+        }
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.send_to(&q, "127.0.0.1:53").unwrap();
@@ -706,6 +723,12 @@ fn dns_answers_only_allowed_names_and_never_forwards() {
     assert_eq!((rcode, ips.len()), (0, 1));
     let (_, again) = dns_query(&sb, "REMOTE.test.");
     assert_eq!(again, ips, "stable fake address");
+    assert_eq!(
+        dns_query_over(&sb, "remote.test.", true),
+        (0, ips.clone()),
+        "TCP agrees"
+    );
+    assert_eq!(dns_query_over(&sb, "unlisted.test.", true).0, 3);
     let (rcode, sub) = dns_query(&sb, "a.wild.test.");
     assert_eq!((rcode, sub.len()), (0, 1));
     assert_ne!(sub, ips, "one address per name");
