@@ -10,9 +10,20 @@
 //! (writes a non-JSON line to stdout), `stderr` (writes `text` to stderr), `exit` (exits with
 //! `code`), `rug_pull` (changes the description of `echo` and sends `tools/list_changed`).
 //!
+//! With `AIP_MOCK_LOG=FILE` every line received is appended to FILE exactly as read, so tests can
+//! assert what the proxy forwarded.
+//!
 //! Flags: `--ignore-eof` keeps running after stdin closes (to test SIGTERM escalation),
 //! `--ignore-sigterm` additionally ignores SIGTERM (to test SIGKILL), `--no-final-newline`
 //! writes the reply to the first request without a trailing newline and exits.
+
+// A test and benchmark tool, not product code: failing loudly on a broken pipe is what we want.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -45,7 +56,7 @@ fn tools(rug_pulled: bool) -> Value {
 }
 
 fn text_result(text: impl Into<String>) -> Value {
-    json!({"content": [{"type": "text", "text": text.into()}]})
+    json!({"content": [{"type": "text", "text": text.into()}], "resultType": "complete"})
 }
 
 struct Server {
@@ -120,12 +131,13 @@ impl Server {
                     if input.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["id"] == json!(sid) && v.get("method").is_none() {
-                            let answer = v.get("result").cloned().unwrap_or(Value::Null);
-                            self.reply(id, text_result(answer.to_string()));
-                            return;
-                        }
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["id"] == json!(sid)
+                        && v.get("method").is_none()
+                    {
+                        let answer = v.get("result").cloned().unwrap_or(Value::Null);
+                        self.reply(id, text_result(answer.to_string()));
+                        return;
                     }
                 }
             }
@@ -173,6 +185,13 @@ fn main() {
         next_id: 0,
         no_final_newline: args.iter().any(|a| a == "--no-final-newline"),
     };
+    let mut log = std::env::var_os("AIP_MOCK_LOG").and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = String::new();
@@ -181,6 +200,10 @@ fn main() {
         match input.read_line(&mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
+        }
+        if let Some(f) = log.as_mut() {
+            let _ = f.write_all(line.as_bytes());
+            let _ = f.flush();
         }
         let Ok(msg) = serde_json::from_str::<Value>(&line) else {
             continue;
@@ -201,12 +224,17 @@ fn main() {
             "server/discover" => server.reply(
                 &id,
                 json!({"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {"listChanged": true}},
-                       "serverInfo": {"name": "mock", "version": "1.0.0"}, "resultType": "complete"}),
+                       "serverInfo": {"name": "mock", "version": "1.0.0"}, "resultType": "complete",
+                       "ttlMs": 0, "cacheScope": "private"}),
             ),
             "ping" => server.reply(&id, json!({})),
             "tools/list" => {
                 let t = tools(server.rug_pulled);
-                server.reply(&id, json!({"tools": t}));
+                // ttlMs/cacheScope/resultType are required in 2026-07-28 and ignored before.
+                server.reply(
+                    &id,
+                    json!({"tools": t, "ttlMs": 0, "cacheScope": "private", "resultType": "complete"}),
+                );
             }
             "tools/call" => server.call(&id, &params, &mut input),
             "resources/read" => server.reply(&id, json!({"contents": []})),

@@ -119,7 +119,7 @@ impl Approver for HeadlessApprover {
 }
 
 /// A cancellation flag a waiting approval can be woken by.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Cancel {
     inner: Arc<(Mutex<bool>, Condvar)>,
 }

@@ -1,1 +1,674 @@
-//! Integration tests: proxy.
+//! Integration tests: the stdio proxy, through the real `aip` binary and the mock MCP server.
+//! Each test asserts what the client receives, what the server received (the mock logs every
+//! line it reads) and what the audit log says.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Driver, aip_bin, audit_records, data, mock_server};
+
+struct Run {
+    drv: Driver,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn audit(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    fn server_log(&self) -> PathBuf {
+        self.dir.path().join("server-received.jsonl")
+    }
+
+    /// Lines the server received, parsed.
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.server_log())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn received_raw(&self) -> String {
+        std::fs::read_to_string(self.server_log()).unwrap_or_default()
+    }
+}
+
+fn start_with(policy: &Path, aip_args: &[&str], mock_args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(aip_bin());
+    cmd.arg("run")
+        .arg("--no-sandbox")
+        .arg("--policy")
+        .arg(policy)
+        .arg("--audit")
+        .arg(dir.path().join("audit.jsonl"))
+        .args(aip_args)
+        .arg("--")
+        .arg(mock_server())
+        .args(mock_args)
+        .env("AIP_MOCK_LOG", dir.path().join("server-received.jsonl"));
+    Run {
+        drv: Driver::spawn(cmd),
+        dir,
+    }
+}
+
+fn start(aip_args: &[&str]) -> Run {
+    start_with(&data("policies/proxy.yaml"), aip_args, &[])
+}
+
+fn call(id: Value, tool: &str, args: Value) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+        .to_string()
+}
+
+fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn allowed_call_is_forwarded_byte_for_byte_and_answered() {
+    let mut r = start(&[]);
+    // Odd spacing and key order: what reaches the server must be exactly these bytes.
+    let line = r#"{ "params" : {"arguments":{"text":"hi"},"name":"echo"}, "id":1,"jsonrpc":"2.0","method":"tools/call" }"#;
+    let reply = r.drv.call(line);
+    assert_eq!(reply["result"]["content"][0]["text"], r#"{"text":"hi"}"#);
+    assert_eq!(r.received_raw(), format!("{line}\n"));
+    let recs = audit_records(&r.audit());
+    let rec = recs
+        .iter()
+        .find(|x| x["tool"] == "echo")
+        .expect("decision record");
+    assert_eq!(rec["decision"], "ALLOW");
+    assert_eq!(rec["direction"], "upstream");
+    assert_eq!(rec["request_id"], 1);
+    assert_eq!(rec["policy_mode"], "enforce");
+}
+
+#[test]
+fn blocked_tool_gets_forbidden_with_the_request_id_and_is_never_forwarded() {
+    let mut r = start(&[]);
+    let reply = r.drv.call(&call(json!(123), "any_tool", json!({})));
+    assert_eq!(
+        reply,
+        json!({"jsonrpc":"2.0","id":123,"error":{"code":-32001,"message":"Forbidden",
+               "data":{"tool":"any_tool","reason":"Tool not in allowed_tools list"}}})
+    );
+    let reply = r.drv.call(&call(
+        json!("abc-123"),
+        "delete_file",
+        json!({"path":"/tmp/x"}),
+    ));
+    assert_eq!(reply["id"], "abc-123");
+    assert_eq!(reply["error"]["code"], -32001);
+    r.drv.call(&call(json!(3), "echo", json!({})));
+    let got: Vec<String> = r
+        .received()
+        .iter()
+        .map(|m| m["params"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ["echo"]);
+}
+
+#[test]
+fn argument_and_protected_path_violations_do_not_reveal_the_rule() {
+    let mut r = start(&[]);
+    let reply = r
+        .drv
+        .call(&call(json!(1), "read_file", json!({"path":"/etc/passwd"})));
+    assert_eq!(reply["error"]["code"], -32001);
+    assert!(
+        !reply.to_string().contains("^/tmp/"),
+        "regex leaked: {reply}"
+    );
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    // The argument regex sees the raw string (it matches "^/tmp/"); the protected path sees the
+    // cleaned path, so `..` does not get past it.
+    let reply = r.drv.call(&call(
+        json!(2),
+        "read_file",
+        json!({"path": format!("/tmp/..{home}/.ssh//id_rsa")}),
+    ));
+    assert_eq!(reply["error"]["code"], -32007, "{reply}");
+    let reply = r.drv.call(&call(
+        json!(3),
+        "echo",
+        json!({"text": format!("cat {home}/.ssh/id_rsa")}),
+    ));
+    assert_eq!(reply["error"]["code"], -32007, "{reply}");
+    assert!(r.received().is_empty());
+    let recs = audit_records(&r.audit());
+    let rec = recs.iter().find(|x| x["request_id"] == 1).unwrap();
+    assert_eq!(rec["failed_arg"], "path");
+    assert_eq!(rec["failed_rule"], "^/tmp/");
+}
+
+#[test]
+fn method_gate_blocks_requests_and_drops_notifications() {
+    let mut r = start(&[]);
+    let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"file:///etc/passwd"}}"#);
+    assert_eq!(reply["error"]["code"], -32006);
+    assert_eq!(reply["error"]["data"]["method"], "resources/read");
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/resources/secret"}"#);
+    r.drv.expect_silence(Duration::from_millis(300));
+    // Both eras' handshakes pass with the default method list.
+    let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#);
+    assert_eq!(reply["result"]["protocolVersion"], "2025-11-25");
+    let reply = r.drv.call(r#"{"jsonrpc":"2.0","id":7,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#);
+    assert_eq!(reply["result"]["resultType"], "complete");
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    r.drv.call(r#"{"jsonrpc":"2.0","id":8,"method":"ping"}"#);
+    let methods: Vec<String> = r
+        .received()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "initialize",
+            "server/discover",
+            "notifications/initialized",
+            "ping"
+        ]
+    );
+    let recs = audit_records(&r.audit());
+    assert!(
+        recs.iter()
+            .any(|x| x["method"] == "notifications/resources/secret" && x["decision"] == "BLOCK")
+    );
+}
+
+#[test]
+fn ambiguous_or_malformed_input_is_rejected_and_never_forwarded() {
+    let mut r = start(&[]);
+    let cases: &[(&str, i64, Value)] = &[
+        ("{not json", -32700, Value::Null),
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}]"#,
+            -32600,
+            Value::Null,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","method":"tools/call","params":{"name":"echo"}}"#,
+            -32600,
+            json!(2),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","name":"delete_file"}}"#,
+            -32600,
+            json!(3),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","Name":"delete_file"}}"#,
+            -32600,
+            json!(4),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"Method":"tools/call","method":"ping"}"#,
+            -32600,
+            json!(5),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a","text":"b"}}}"#,
+            -32600,
+            json!(6),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":"x"}}"#,
+            -32602,
+            json!(7),
+        ),
+    ];
+    for (line, code, id) in cases {
+        r.drv.send(line);
+        let reply = r.drv.recv();
+        assert_eq!(reply["error"]["code"], *code, "{line} -> {reply}");
+        assert_eq!(reply["id"], *id, "{line} -> {reply}");
+    }
+    // A tools/call without an id would run unanswered: dropped, audited, no reply.
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo"}}"#);
+    r.drv.expect_silence(Duration::from_millis(300));
+    assert!(r.received().is_empty(), "forwarded: {}", r.received_raw());
+}
+
+#[test]
+fn oversized_lines_get_an_error_and_the_session_goes_on() {
+    let mut r = start(&["--max-message-bytes", "4096"]);
+    let big = call(json!(9), "echo", json!({"text": "x".repeat(10_000)}));
+    r.drv.send(&big);
+    let reply = r.drv.recv();
+    assert_eq!(reply["error"]["code"], -32600);
+    assert_eq!(reply["id"], 9);
+    // The server's reply to big_output is over the limit too: an error for that request.
+    let reply = r
+        .drv
+        .call(&call(json!(10), "big_output", json!({"bytes": 20_000})));
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+    let reply = r
+        .drv
+        .call(&call(json!(11), "echo", json!({"text":"small"})));
+    assert!(reply["result"].is_object());
+}
+
+#[test]
+fn tools_list_hides_blocked_tools() {
+    let mut r = start(&[]);
+    let reply = r
+        .drv
+        .call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let names: Vec<&str> = reply["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"echo"));
+    assert!(names.contains(&"read_file"), "allowed with argument rules");
+    assert!(names.contains(&"write_file"), "ask is callable");
+    assert!(!names.contains(&"delete_file"));
+    assert!(!names.contains(&"run_command"));
+    let mut r = start(&["--no-filter-tools-list"]);
+    let reply = r
+        .drv
+        .call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    assert_eq!(reply["result"]["tools"].as_array().unwrap().len(), 14);
+}
+
+#[test]
+fn dlp_redacts_responses_notifications_and_structured_content() {
+    let mut r = start(&[]);
+    let reply = r.drv.call(&call(json!(1), "leak_secret", json!({})));
+    assert_eq!(
+        reply["result"]["content"][0]["text"],
+        "key [REDACTED:AWS Key] for [REDACTED:Email]"
+    );
+    assert_eq!(
+        reply["result"]["structuredContent"]["token"],
+        "[REDACTED:GitHub Token]"
+    );
+    assert_eq!(reply["result"]["structuredContent"]["count"], 3);
+    r.drv.send(&call(json!(2), "notify", json!({})));
+    let mut saw_log = false;
+    loop {
+        let v = r.drv.recv();
+        if v["method"] == "notifications/message" {
+            assert_eq!(v["params"]["data"], "secret [REDACTED:AWS Key]");
+            saw_log = true;
+        }
+        if v["id"] == 2 {
+            break;
+        }
+    }
+    assert!(saw_log);
+    let recs = audit_records(&r.audit());
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "DLP_TRIGGERED" && x["dlp_rule"] == "AWS Key")
+    );
+}
+
+#[test]
+fn non_jsonrpc_server_output_goes_to_stderr_not_to_the_client() {
+    let mut r = start(&[]);
+    let reply = r.drv.call(&call(json!(1), "print_garbage", json!({})));
+    assert_eq!(reply["result"]["content"][0]["text"], "printed");
+    assert!(
+        r.drv
+            .wait_stderr("this is not JSON-RPC", Duration::from_secs(5))
+            .is_some()
+    );
+}
+
+#[test]
+fn last_line_without_newline_is_delivered_and_exit_code_passes_through() {
+    let mut r = start_with(&data("policies/proxy.yaml"), &[], &["--no-final-newline"]);
+    r.drv.send(&call(json!(1), "echo", json!({"text":"last"})));
+    let reply = r.drv.recv();
+    assert_eq!(reply["id"], 1);
+    let st = r.drv.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0));
+
+    let mut r = start(&[]);
+    r.drv.send(&call(json!(1), "exit", json!({"code": 7})));
+    let st = r.drv.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(7));
+}
+
+#[test]
+fn client_eof_shuts_down_even_a_server_that_ignores_it() {
+    let mut r = start_with(
+        &data("policies/proxy.yaml"),
+        &["--shutdown-grace", "0"],
+        &["--ignore-sigterm"],
+    );
+    r.drv.call(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    r.drv.close_stdin();
+    let st = r.drv.wait(Duration::from_secs(15));
+    // SIGTERM ignored, so the server was SIGKILLed: 128 + 9.
+    assert_eq!(st.code(), Some(137));
+}
+
+#[test]
+fn sigterm_to_the_proxy_ends_the_session() {
+    let mut r = start_with(
+        &data("policies/proxy.yaml"),
+        &["--shutdown-grace", "0"],
+        &["--ignore-eof"],
+    );
+    r.drv.call(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    let pid = nix::unistd::Pid::from_raw(r.drv.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let st = r.drv.wait(Duration::from_secs(15));
+    assert_eq!(st.code(), Some(128 + 15), "server SIGTERMed by the proxy");
+}
+
+#[test]
+fn asks_are_answered_without_stalling_other_traffic() {
+    // Nobody to ask: -32005 after the timeout, and pings keep flowing meanwhile.
+    let mut r = start(&["--approver", "none", "--approval-timeout", "1"]);
+    r.drv.send(&call(
+        json!(1),
+        "write_file",
+        json!({"path":"/tmp/a","content":"x"}),
+    ));
+    let reply = r.drv.recv();
+    assert_eq!(reply["error"]["code"], -32005, "{reply}");
+
+    let mut r = start(&["--approver", "deny"]);
+    let reply = r
+        .drv
+        .call(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
+    assert_eq!(reply["error"]["code"], -32004);
+    assert_eq!(reply["error"]["message"], "User denied");
+
+    let mut r = start(&["--approver", "approve"]);
+    let reply = r
+        .drv
+        .call(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
+    assert!(reply["result"].is_object(), "{reply}");
+    assert_eq!(r.received().len(), 1);
+}
+
+/// A stand-in for zenity that records that it ran and never answers (a human who is away).
+fn slow_dialog(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let p = bin.join("zenity");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\ntouch {}/asked\nexec sleep 60\n", dir.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn a_waiting_ask_does_not_block_pings_and_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = slow_dialog(dir.path());
+    let mut cmd = Command::new(aip_bin());
+    cmd.args([
+        "run",
+        "--no-sandbox",
+        "--approver",
+        "desktop",
+        "--approval-timeout",
+        "30",
+        "--policy",
+    ])
+    .arg(data("policies/proxy.yaml"))
+    .arg("--audit")
+    .arg(dir.path().join("audit.jsonl"))
+    .arg("--")
+    .arg(mock_server())
+    .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+    .env("DISPLAY", ":99")
+    .env("AIP_MOCK_LOG", dir.path().join("server.jsonl"));
+    let mut drv = Driver::spawn(cmd);
+    drv.send(&call(json!(1), "write_file", json!({"path":"/tmp/a"})));
+    wait_for("the dialog", || dir.path().join("asked").exists());
+    let t0 = Instant::now();
+    let reply = drv.call(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    assert!(reply["result"].is_object());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    drv.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"reason":"user"}}"#);
+    drv.expect_silence(Duration::from_millis(500));
+    let audit = dir.path().join("audit.jsonl");
+    wait_for("cancel audit", || {
+        audit_records(&audit)
+            .iter()
+            .any(|x| x["event"] == "APPROVAL" && x["approval"] == "CANCELLED")
+    });
+    // Neither the call nor the cancellation reached the server.
+    let received = std::fs::read_to_string(dir.path().join("server.jsonl")).unwrap();
+    let methods: Vec<String> = received
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["method"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(methods, ["ping"]);
+}
+
+#[test]
+fn server_requests_and_client_answers_pass_but_stray_answers_do_not() {
+    let mut r = start(&[]);
+    r.drv.send(&call(json!(1), "ask_client", json!({})));
+    let req = r.drv.recv();
+    assert_eq!(req["method"], "sampling/createMessage");
+    // A stray answer to an id the server never asked about is dropped.
+    r.drv
+        .send(r#"{"jsonrpc":"2.0","id":"srv-999","result":{"bogus":true}}"#);
+    let answer = json!({"jsonrpc":"2.0","id":req["id"],"result":{"role":"assistant","content":{"type":"text","text":"ok"}}});
+    r.drv.send(&answer.to_string());
+    let reply = r.drv.recv();
+    assert_eq!(reply["id"], 1);
+    assert!(
+        reply["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("assistant")
+    );
+    assert!(!r.received_raw().contains("bogus"));
+}
+
+#[test]
+fn an_unwritable_audit_log_stops_the_start() {
+    let out = Command::new(aip_bin())
+        .args(["run", "--no-sandbox", "--policy"])
+        .arg(data("policies/proxy.yaml"))
+        .args(["--audit", "/dev/full", "--"])
+        .arg(mock_server())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit"), "{err}");
+}
+
+#[test]
+fn a_full_disk_blocks_calls_instead_of_forwarding_them_unaudited() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut cmd = Command::new(aip_bin());
+    cmd.args(["run", "--no-sandbox", "--policy"])
+        .arg(data("policies/proxy.yaml"))
+        .arg("--audit")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--")
+        .arg(mock_server())
+        .env("AIP_MOCK_LOG", &log);
+    // A file-size limit makes the audit file "full" after a few records (EFBIG), the way a full
+    // disk would; SIGXFSZ is ignored so the write fails instead of killing the proxy.
+    let limit_file_size = || -> std::io::Result<()> {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, 1500, 1500)?;
+        let ignore = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::SigIgn,
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        #[allow(unsafe_code)]
+        // SAFETY: installing SIG_IGN runs no handler code.
+        unsafe {
+            nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGXFSZ, &ignore)?;
+        }
+        Ok(())
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (setrlimit, sigaction) without allocating.
+    unsafe {
+        cmd.pre_exec(limit_file_size);
+    }
+    let mut drv = Driver::spawn(cmd);
+    let mut blocked = None;
+    for i in 0..40 {
+        let reply = drv.call(&call(json!(i), "echo", json!({"text": "x".repeat(100)})));
+        if reply.get("error").is_some() {
+            blocked = Some((i, reply));
+            break;
+        }
+    }
+    let (i, reply) = blocked.expect("a call was blocked once the audit log was full");
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+    assert!(
+        reply["error"]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("audit")
+    );
+    // Every call the server received was audited; the blocked one never reached it.
+    let received = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(received.lines().count() as u64, i);
+}
+
+#[test]
+fn audit_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut r = start(&[]);
+    r.drv.call(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    let mode = std::fs::metadata(r.audit()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn monitor_mode_forwards_violations_and_records_them() {
+    let mut r = start_with(&data("policies/monitor.yaml"), &[], &[]);
+    let reply = r
+        .drv
+        .call(&call(json!(1), "delete_file", json!({"path":"/tmp/x"})));
+    assert!(reply["result"].is_object(), "{reply}");
+    let recs = audit_records(&r.audit());
+    let rec = recs.iter().find(|x| x["tool"] == "delete_file").unwrap();
+    assert_eq!(rec["decision"], "ALLOW_MONITOR");
+    assert_eq!(rec["violation"], true);
+}
+
+#[test]
+fn closed_client_stdout_does_not_crash_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(aip_bin())
+        .args(["run", "--no-sandbox", "--shutdown-grace", "1", "--policy"])
+        .arg(data("policies/proxy.yaml"))
+        .arg("--audit")
+        .arg(dir.path().join("a.jsonl"))
+        .arg("--")
+        .arg(mock_server())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    for i in 0..50 {
+        let _ = writeln!(stdin, "{}", call(json!(i), "echo", json!({})));
+    }
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "proxy hung");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), None, "proxy died of a signal: {st:?}");
+}
+
+#[test]
+fn drop_in_flags_split_target_like_a_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let target = format!("{} --ignore-nothing 'quoted arg'", mock_server().display());
+    let mut cmd = Command::new(aip_bin());
+    cmd.arg("--policy")
+        .arg(data("policies/proxy.yaml"))
+        .arg("--audit")
+        .arg(dir.path().join("a.jsonl"))
+        .arg("--target")
+        .arg(&target)
+        .env("AIP_MOCK_LOG", &log);
+    let mut drv = Driver::spawn(cmd);
+    let reply = drv.call(&call(json!(1), "echo", json!({"text":"x"})));
+    assert!(reply["result"].is_object());
+
+    let out = Command::new(aip_bin())
+        .current_dir(dir.path())
+        .args([
+            "--policy",
+            "p.yaml",
+            "--target",
+            "npx server --flag",
+            "--generate-cursor-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = cfg["mcpServers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
+    let args: Vec<&str> = entry["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let canon = dir.path().canonicalize().unwrap();
+    assert!(Path::new(entry["command"].as_str().unwrap()).is_absolute());
+    assert_eq!(args[0], "--policy");
+    assert!(Path::new(args[1]).starts_with(&canon) || Path::new(args[1]).starts_with(dir.path()));
+    assert_eq!(args[2], "--audit");
+    assert!(Path::new(args[3]).is_absolute());
+    assert_eq!(&args[4..6], ["--target", "npx server --flag"]);
+}

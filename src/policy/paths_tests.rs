@@ -1,0 +1,230 @@
+//! Unit tests of protected-path matching: every trick listed in the issue, and the things that
+//! must not be blocked.
+
+use super::*;
+use serde_json::json;
+
+fn pp(entries: &[&str]) -> ProtectedPaths {
+    ProtectedPaths::new(
+        &entries.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &[PathBuf::from("/etc/aip/policy.yaml")],
+        Some(Path::new("/home/alice")),
+        Path::new("/srv/app"),
+        false,
+    )
+}
+
+fn blocked(p: &ProtectedPaths, args: Value) -> Option<String> {
+    p.scan(&args).map(|h| h.entry)
+}
+
+#[test]
+fn tilde_entry_blocks_tilde_and_absolute_forms() {
+    let p = pp(&["~/.ssh"]);
+    for v in [
+        "~/.ssh/id_rsa",
+        "~/.ssh",
+        "/home/alice/.ssh/id_rsa",
+        "$HOME/.ssh/id_rsa",
+        "${HOME}/.ssh/config",
+        "/home/alice//.ssh/./id_rsa",
+        "/home/alice/x/../.ssh/id_rsa",
+        "file:///home/alice/.ssh/id_rsa",
+        "FILE://localhost/home/alice/.ssh/id_rsa",
+        "file:/home/alice/.ssh/id_rsa",
+        "/home/alice/%2essh/id_rsa",
+        "/home/alice/%252essh/id_rsa",
+        "%2Fhome%2Falice%2F.ssh%2Fid_rsa",
+        "../../home/alice/.ssh/id_rsa",
+        "~alice/.ssh/known_hosts",
+    ] {
+        if v.starts_with("~alice") && user_home("alice").is_none() {
+            continue;
+        }
+        assert_eq!(
+            blocked(&p, json!({ "path": v })).as_deref(),
+            Some("~/.ssh"),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn paths_inside_commands_are_found() {
+    let p = pp(&["~/.ssh", "/etc/shadow"]);
+    for v in [
+        "cat ~/.ssh/id_rsa",
+        "cat ~/.ssh/id_rsa | base64",
+        "scp x:/y ~/.ssh/id_rsa",
+        "ssh -i=~/.ssh/key host",
+        "tar czf /tmp/x.tgz /etc/shadow",
+        "echo $(cat /etc/shadow)",
+        "K=~/.ssh; cat $K/id_rsa",
+        "cat ~/\".ssh\"/id_rsa",
+        "cat ~/.s's'h/id_rsa",
+        "cat ~/\\.ssh/id_rsa",
+        "cat /etc/shadow\u{0}.txt",
+        "less</etc/shadow",
+        "cat ~/.s*h/id_rsa",
+        "cat /etc/sha?ow",
+        "cat /e[st]c/shadow",
+    ] {
+        assert!(blocked(&p, json!({ "command": v })).is_some(), "{v}");
+    }
+}
+
+#[test]
+fn relative_paths_resolve_against_the_server_cwd() {
+    let p = pp(&["/srv/app/.env", "secrets"]);
+    for v in [
+        ".env",
+        "./.env",
+        "../app/.env",
+        "secrets/db.json",
+        "cat .env",
+        "cat secrets/x",
+    ] {
+        assert!(blocked(&p, json!({ "f": v })).is_some(), "{v}");
+    }
+    for v in [
+        "other/.env",
+        "config.environment",
+        "the secrets are safe",
+        "README.md",
+    ] {
+        assert_eq!(blocked(&p, json!({ "f": v })), None, "{v}");
+    }
+}
+
+#[test]
+fn keys_arrays_and_nesting_are_scanned_with_their_location() {
+    let p = pp(&["~/.aws"]);
+    let hit = p
+        .scan(&json!({"opts": {"files": ["/tmp/a", "~/.aws/credentials"]}}))
+        .unwrap();
+    assert_eq!(hit.arg, "opts.files[1]");
+    let hit = p
+        .scan(&json!({"map": {"/home/alice/.aws/config": 1}}))
+        .unwrap();
+    assert_eq!(hit.arg, "map./home/alice/.aws/config");
+}
+
+#[test]
+fn the_policy_file_is_always_protected() {
+    let p = pp(&[]);
+    assert_eq!(
+        blocked(&p, json!({"path": "/etc/aip/policy.yaml"})).as_deref(),
+        Some("/etc/aip/policy.yaml")
+    );
+    assert!(
+        blocked(
+            &p,
+            json!({"cmd": "sed -i s/block/allow/ /etc/aip//policy.yaml"})
+        )
+        .is_some()
+    );
+}
+
+#[test]
+fn similar_names_are_not_blocked() {
+    let p = pp(&["~/.ssh", "/etc/shadow"]);
+    for v in [
+        "/home/alice/.sshx/key",
+        "/home/alice/my.ssh",
+        "/etc/shadow-backup-notes",
+        "/x/etc/shadow",
+        "https://example.com/etc/shadow",
+        "ssh is a protocol",
+        "/home/alice",
+        "",
+    ] {
+        assert_eq!(blocked(&p, json!({ "v": v })), None, "{v}");
+    }
+    assert_eq!(blocked(&p, json!({"n": 1, "b": true, "z": null})), None);
+}
+
+#[test]
+fn dollar_home_is_not_confused_with_longer_variables() {
+    let p = pp(&["/home/alice/.ssh"]);
+    assert_eq!(blocked(&p, json!({"v": "$HOMEDIR/.ssh"})), None);
+    assert!(blocked(&p, json!({"v": "x$HOME/.ssh"})).is_none());
+    assert!(blocked(&p, json!({"v": "x=$HOME/.ssh"})).is_some());
+}
+
+#[test]
+fn symlinks_are_resolved_through_the_longest_existing_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("key"), "k").unwrap();
+    let link = dir.path().join("innocent");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let p = ProtectedPaths::new(
+        &[secret.to_string_lossy().into_owned()],
+        &[],
+        None,
+        dir.path(),
+        true,
+    );
+    for v in [
+        link.join("key"),
+        link.join("not-yet-created"),
+        link.join("a/b/c"),
+        PathBuf::from("innocent/key"),
+        PathBuf::from("./innocent"),
+    ] {
+        assert!(
+            p.scan(&json!({"p": v.to_string_lossy()})).is_some(),
+            "{}",
+            v.display()
+        );
+    }
+    assert!(
+        p.scan(&json!({"p": dir.path().join("other").to_string_lossy()}))
+            .is_none()
+    );
+
+    // A protected entry that is itself a symlink protects its target too.
+    let p = ProtectedPaths::new(
+        &[link.to_string_lossy().into_owned()],
+        &[],
+        None,
+        dir.path(),
+        true,
+    );
+    assert!(
+        p.scan(&json!({"p": secret.join("key").to_string_lossy()}))
+            .is_some()
+    );
+}
+
+#[test]
+fn too_many_paths_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ProtectedPaths::new(&["/nonexistent/x".into()], &[], None, dir.path(), true);
+    let many: Vec<String> = (0..MAX_RESOLUTIONS + 5)
+        .map(|i| format!("/tmp/f{i}"))
+        .collect();
+    let hit = p.scan(&json!({"files": many})).unwrap();
+    assert_eq!(hit.entry, TOO_MANY_PATHS);
+}
+
+#[test]
+fn cleaning_is_lexical_and_rooted() {
+    assert_eq!(clean("/a/./b/../c//d/", "/"), "/a/c/d");
+    assert_eq!(clean("../../..", "/srv/app"), "/");
+    assert_eq!(clean("x", "/srv/app"), "/srv/app/x");
+}
+
+#[test]
+fn globs_match_component_wise() {
+    assert!(glob_match("*", ".ssh"));
+    assert!(glob_match(".s?h", ".ssh"));
+    assert!(glob_match("[.]ssh", ".ssh"));
+    assert!(glob_match("[!x]ssh", ".ssh"));
+    assert!(glob_match("id_*", "id_rsa"));
+    assert!(!glob_match("id_*", "known_hosts"));
+    assert!(glob_match("[a-c]x", "bx"));
+    assert!(!glob_match("[a-c]x", "dx"));
+    assert!(glob_match("a[b", "a[b"));
+}

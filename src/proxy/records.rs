@@ -1,0 +1,196 @@
+//! Audit records the proxy writes (spec digest §4 field names, plus `session_id`, `request_id`
+//! and `error_code`). Argument values in records are DLP-redacted and bounded in size.
+
+use serde_json::{Value, json};
+
+use crate::approval::Answer;
+use crate::audit::Record;
+
+use super::decide::{CallOutcome, MethodOutcome};
+use super::{Direction, Shared, dlp};
+
+/// Largest serialized `args` kept in a record; larger ones are replaced by a summary.
+const MAX_ARGS_BYTES: usize = 16 * 1024;
+
+fn base(sh: &Shared, direction: Direction) -> Record {
+    Record::now()
+        .with("session_id", sh.session_id.as_str())
+        .with("direction", direction.as_str())
+}
+
+fn event(sh: &Shared, name: &str, direction: Direction) -> Record {
+    base(sh, direction).with("event", name)
+}
+
+fn id_value(id_text: Option<&str>) -> Value {
+    id_text
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn bounded_args(sh: &Shared, args: Option<&Value>) -> Value {
+    let Some(args) = args else {
+        return json!({});
+    };
+    let redacted = dlp::redacted_copy(sh, args);
+    let size = serde_json::to_vec(&redacted).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_ARGS_BYTES {
+        json!({"_aip_truncated": true, "bytes": size})
+    } else {
+        redacted
+    }
+}
+
+pub(super) fn method_decision(
+    sh: &Shared,
+    id_text: Option<&str>,
+    raw_method: &str,
+    gate: &MethodOutcome,
+) -> Record {
+    let mut r = base(sh, Direction::Upstream)
+        .with("request_id", id_value(id_text))
+        .with("method", raw_method)
+        .with(
+            "decision",
+            if gate.denied.is_some() {
+                "BLOCK"
+            } else {
+                "ALLOW"
+            },
+        )
+        .with("policy_mode", sh.mode_str())
+        .with("violation", gate.denied.is_some());
+    if let Some(err) = &gate.denied {
+        r.set("error_code", err.code);
+        r.set("reason", "method not allowed");
+    }
+    r
+}
+
+pub(super) fn call_decision(
+    sh: &Shared,
+    id_text: Option<&str>,
+    raw_method: &str,
+    out: &CallOutcome,
+    args: Option<&Value>,
+) -> Record {
+    base(sh, Direction::Upstream)
+        .with("request_id", id_value(id_text))
+        .with("method", raw_method)
+        .with("tool", out.tool.as_str())
+        .with("args", bounded_args(sh, args))
+        .with("decision", out.audit_decision)
+        .with("policy_mode", sh.mode_str())
+        .with("violation", out.violation)
+        .with_opt("failed_arg", out.failed_arg.clone())
+        .with_opt("failed_rule", out.failed_rule.clone())
+        .with_opt("error_code", out.error_code())
+        .with_opt("reason", out.reason.clone())
+        .with("verdict", out.kind)
+}
+
+pub(super) fn rejected(sh: &Shared, id_text: Option<&str>, reason: &str, code: i64) -> Record {
+    base(sh, Direction::Upstream)
+        .with("request_id", id_value(id_text))
+        .with("decision", "BLOCK")
+        .with("policy_mode", sh.mode_str())
+        .with("violation", true)
+        .with("error_code", code)
+        .with("reason", reason)
+}
+
+pub(super) fn dropped(
+    sh: &Shared,
+    direction: Direction,
+    id_text: Option<&str>,
+    reason: &str,
+) -> Record {
+    event(sh, "MESSAGE_DROPPED", direction)
+        .with("request_id", id_value(id_text))
+        .with("reason", reason)
+}
+
+pub(super) fn server_message_rejected(
+    sh: &Shared,
+    id_text: Option<&str>,
+    reason: &str,
+    client_notified: bool,
+) -> Record {
+    event(sh, "SERVER_MESSAGE_REJECTED", Direction::Downstream)
+        .with("request_id", id_value(id_text))
+        .with("reason", reason)
+        .with("client_notified", client_notified)
+}
+
+pub(super) fn approval(
+    sh: &Shared,
+    id_text: &str,
+    tool: &str,
+    answer: &Answer,
+    approver: &str,
+) -> Record {
+    let (outcome, reason) = match answer {
+        Answer::Approved => ("APPROVED", None),
+        Answer::Denied(why) => ("DENIED", Some(why.clone())),
+        Answer::TimedOut => ("TIMEOUT", None),
+        Answer::Unavailable(why) => ("UNAVAILABLE", Some(why.clone())),
+        Answer::Cancelled => ("CANCELLED", None),
+    };
+    event(sh, "APPROVAL", Direction::Upstream)
+        .with("request_id", id_value(Some(id_text)))
+        .with("tool", tool)
+        .with("approval", outcome)
+        .with("approver", approver)
+        .with_opt("reason", reason)
+}
+
+/// One `DLP_TRIGGERED` record per pattern that matched (spec §4 shape).
+pub(super) fn dlp_response(
+    sh: &Shared,
+    id_text: Option<&str>,
+    tool: Option<&str>,
+    hits: &[dlp::Hit],
+) -> Vec<Record> {
+    hits.iter()
+        .map(|h| {
+            event(sh, "DLP_TRIGGERED", Direction::Downstream)
+                .with("request_id", id_value(id_text))
+                .with_opt("tool", tool)
+                .with("dlp_rule", h.rule.as_str())
+                .with("dlp_action", "REDACTED")
+                .with("dlp_match_count", h.count)
+        })
+        .collect()
+}
+
+pub(super) fn dlp_request(
+    sh: &Shared,
+    id_text: Option<&str>,
+    tool: &str,
+    hits: &[dlp::Hit],
+    action: &str,
+    forwarded: bool,
+    failure_reason: Option<&str>,
+) -> Record {
+    let rules: Vec<&str> = hits.iter().map(|h| h.rule.as_str()).collect();
+    let count: usize = hits.iter().map(|h| h.count).sum();
+    event(sh, "DLP_REQUEST_REDACTION", Direction::Upstream)
+        .with("request_id", id_value(id_text))
+        .with("tool", tool)
+        .with("dlp_rule", rules.join(","))
+        .with("redaction_count", count)
+        .with("dlp_action", action)
+        .with("forwarded", forwarded)
+        .with_opt("failure_reason", failure_reason)
+}
+
+pub(super) fn tool_definition_changed(sh: &Shared, tool: &str, old: &str, new: &str) -> Record {
+    event(sh, "TOOL_DEFINITION_CHANGED", Direction::Downstream)
+        .with("tool", tool)
+        .with("previous_hash", old)
+        .with("new_hash", new)
+}
+
+pub(super) fn tools_hidden(sh: &Shared, tools: &[String]) -> Record {
+    event(sh, "TOOLS_HIDDEN", Direction::Downstream).with("tools", tools.to_vec())
+}
