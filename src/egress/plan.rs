@@ -217,6 +217,23 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_plan_fits_one_handover() {
+        use crate::policy::egress_config::MAX_CAPTURE_PORTS;
+        let cfg = EgressConfig {
+            mode: Some(EgressMode::Block),
+            capture_ports: (2000..2000 + MAX_CAPTURE_PORTS as u16 - 2).collect(),
+            ..Default::default()
+        };
+        let p = EgressPlan::with_ipv6(&cfg, true).unwrap();
+        assert_eq!(p.listeners().len(), 64);
+        let too_many = EgressConfig {
+            capture_ports: (2000..2000 + MAX_CAPTURE_PORTS as u16 - 1).collect(),
+            ..cfg
+        };
+        assert!(EgressPlan::new(&too_many).is_err());
+    }
+
+    #[test]
     fn invalid_policy_is_refused() {
         let e = EgressPlan::new(&EgressConfig {
             allowed_hosts: vec!["a.com".into()],

@@ -18,8 +18,10 @@ pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
 /// Ports the supervisor's own listeners use inside the sandbox (DNS stub, SOCKS5, HTTP proxy);
 /// they cannot also be capture ports.
 pub const RESERVED_PORTS: [u16; 3] = [53, 1080, 3128];
-/// Most capture ports a policy may declare (each costs one or two listening sockets).
-pub const MAX_CAPTURE_PORTS: usize = 64;
+/// Most ports captured transparently (80 and 443 included). Each costs an IPv4 and an IPv6
+/// listening socket; with the four proxy/DNS sockets that makes at most 64 sockets handed from the
+/// sandbox child to the supervisor in one `SCM_RIGHTS` message (the sandbox's limit).
+pub const MAX_CAPTURE_PORTS: usize = 30;
 /// Most host entries in one list.
 pub const MAX_HOST_ENTRIES: usize = 4096;
 /// Size of the fake-address pool (198.18.0.0/15, minus network and broadcast-like ends).
