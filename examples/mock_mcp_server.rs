@@ -26,6 +26,7 @@
 )]
 
 use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -61,24 +62,85 @@ fn text_result(text: impl Into<String>) -> Value {
 
 struct Server {
     out: std::io::Stdout,
+    /// Replies not yet written: pipelined input is answered in batches.
+    buf: Vec<u8>,
     rug_pulled: bool,
     next_id: u64,
     no_final_newline: bool,
 }
 
+/// The parts of a request the fast path needs, borrowed from the line.
+#[derive(serde::Deserialize)]
+struct FastReq<'a> {
+    #[serde(borrow)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastCall<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    arguments: Option<&'a serde_json::value::RawValue>,
+}
+
 impl Server {
     fn send(&mut self, v: &Value) {
-        let mut line = serde_json::to_vec(v).unwrap_or_default();
+        let line = serde_json::to_vec(v).unwrap_or_default();
         if self.no_final_newline {
+            self.flush();
             let mut out = self.out.lock();
             let _ = out.write_all(&line);
             let _ = out.flush();
             std::process::exit(0);
         }
-        line.push(b'\n');
+        self.buf.extend_from_slice(&line);
+        self.buf.push(b'\n');
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
         let mut out = self.out.lock();
-        let _ = out.write_all(&line);
+        let _ = out.write_all(&self.buf);
         let _ = out.flush();
+        self.buf.clear();
+    }
+
+    /// `echo` without building JSON values (keeps the mock far faster than the proxy, so the
+    /// proxy benchmark measures the proxy).
+    fn fast_echo(&mut self, line: &str) -> bool {
+        if self.no_final_newline {
+            return false;
+        }
+        let Ok(req) = serde_json::from_str::<FastReq>(line) else {
+            return false;
+        };
+        let (Some(id), Some("tools/call"), Some(params)) =
+            (req.id, req.method.as_deref(), req.params)
+        else {
+            return false;
+        };
+        let Ok(call) = serde_json::from_str::<FastCall>(params.get()) else {
+            return false;
+        };
+        if call.name != "echo" {
+            return false;
+        }
+        let args = call.arguments.map_or("{}", |a| a.get());
+        self.buf.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        self.buf.extend_from_slice(id.get().as_bytes());
+        self.buf
+            .extend_from_slice(b",\"result\":{\"content\":[{\"type\":\"text\",\"text\":");
+        let _ = serde_json::to_writer(&mut self.buf, args);
+        self.buf
+            .extend_from_slice(b"}],\"resultType\":\"complete\"}}\n");
+        true
     }
 
     fn reply(&mut self, id: &Value, result: Value) {
@@ -111,6 +173,7 @@ impl Server {
                 self.reply(id, text_result("x".repeat(n)));
             }
             "slow" => {
+                self.flush();
                 std::thread::sleep(Duration::from_millis(args["ms"].as_u64().unwrap_or(100)));
                 self.reply(id, text_result("done"));
             }
@@ -124,6 +187,7 @@ impl Server {
                 let sid = format!("srv-{}", self.next_id);
                 self.send(&json!({"jsonrpc": "2.0", "id": sid, "method": "sampling/createMessage",
                                   "params": {"messages": [], "maxTokens": 10}}));
+                self.flush();
                 // Wait for the client's answer to our request (other lines are ignored here).
                 let mut line = String::new();
                 loop {
@@ -142,6 +206,7 @@ impl Server {
                 }
             }
             "print_garbage" => {
+                self.flush();
                 let mut out = self.out.lock();
                 let _ = out.write_all(b"this is not JSON-RPC\n");
                 let _ = out.flush();
@@ -149,6 +214,7 @@ impl Server {
                 self.reply(id, text_result("printed"));
             }
             "stderr" => {
+                self.flush();
                 let text = args["text"].as_str().unwrap_or("");
                 let mut err = std::io::stderr().lock();
                 let _ = err.write_all(text.as_bytes());
@@ -156,7 +222,10 @@ impl Server {
                 drop(err);
                 self.reply(id, text_result("written"));
             }
-            "exit" => std::process::exit(args["code"].as_i64().unwrap_or(0) as i32),
+            "exit" => {
+                self.flush();
+                std::process::exit(args["code"].as_i64().unwrap_or(0) as i32)
+            }
             "rug_pull" => {
                 self.rug_pulled = true;
                 self.send(&json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
@@ -181,6 +250,7 @@ fn main() {
     }
     let mut server = Server {
         out: std::io::stdout(),
+        buf: Vec::with_capacity(1 << 16),
         rug_pulled: false,
         next_id: 0,
         no_final_newline: args.iter().any(|a| a == "--no-final-newline"),
@@ -192,8 +262,12 @@ fn main() {
             .open(p)
             .ok()
     });
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
+    // Our own buffer (rather than Stdin's) so we can see whether more input is already waiting.
+    let stdin_fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("stdin");
+    let mut input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::from(stdin_fd));
     let mut line = String::new();
     loop {
         line.clear();
@@ -205,14 +279,31 @@ fn main() {
             let _ = f.write_all(line.as_bytes());
             let _ = f.flush();
         }
-        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-            continue;
+        if !server.fast_echo(&line) {
+            handle(&mut server, &line, &mut input);
+        }
+        if input.buffer().is_empty() {
+            server.flush();
+        }
+    }
+    server.flush();
+    if ignore_eof {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+fn handle(server: &mut Server, line: &str, input: &mut impl BufRead) {
+    {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            return;
         };
         let Some(method) = msg.get("method").and_then(Value::as_str) else {
-            continue; // a response from the client outside ask_client
+            return; // a response from the client outside ask_client
         };
         let Some(id) = msg.get("id").cloned() else {
-            continue; // notification
+            return; // notification
         };
         let params = msg.get("params").cloned().unwrap_or(json!({}));
         match method {
@@ -236,14 +327,9 @@ fn main() {
                     json!({"tools": t, "ttlMs": 0, "cacheScope": "private", "resultType": "complete"}),
                 );
             }
-            "tools/call" => server.call(&id, &params, &mut input),
+            "tools/call" => server.call(&id, &params, input),
             "resources/read" => server.reply(&id, json!({"contents": []})),
             _ => server.error(&id, -32601, "Method not found"),
-        }
-    }
-    if ignore_eof {
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
         }
     }
 }

@@ -1,11 +1,16 @@
-//! One audit record: an ordered JSON object whose keys are the AIP audit field names
-//! (`timestamp`, `direction`, `method`, `tool`, `args`, `decision`, `policy_mode`, `violation`,
-//! `failed_arg`, `failed_rule`, `event`, `session_id`, `request_id`, …). Sinks serialize it as is
-//! (JSONL) or map the well-known keys to their own fields (journald `AIP_*`).
+//! One audit record: an ordered list of AIP audit fields (`timestamp`, `direction`, `method`,
+//! `tool`, `args`, `decision`, `policy_mode`, `violation`, `failed_arg`, `failed_rule`, `event`,
+//! `session_id`, `request_id`, …) serialized as one JSON object. Sinks write it as is (JSONL) or
+//! map the well-known keys to their own fields (journald `AIP_*`).
+//!
+//! Records are built on the proxy's hot path (one per decision), so keys are static strings,
+//! fields live in a small vector, and the timestamp's date part is formatted once per second.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use serde_json::Value;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// Which way the message described by a record was travelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +33,7 @@ impl Direction {
 /// An audit record. Field order is insertion order; `timestamp` always comes first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    fields: Map<String, Value>,
+    fields: Vec<(Cow<'static, str>, Value)>,
 }
 
 impl Record {
@@ -39,8 +44,11 @@ impl Record {
 
     /// A record stamped with `when`.
     pub fn at(when: OffsetDateTime) -> Self {
-        let mut fields = Map::new();
-        fields.insert("timestamp".into(), Value::String(format_timestamp(when)));
+        let mut fields = Vec::with_capacity(16);
+        fields.push((
+            Cow::Borrowed("timestamp"),
+            Value::String(format_timestamp(when)),
+        ));
         Record { fields }
     }
 
@@ -50,48 +58,93 @@ impl Record {
     }
 
     /// Sets `key` to `value` (builder style).
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+    pub fn with(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> Self {
         self.set(key, value);
         self
     }
 
     /// Sets `key` to `value` unless `value` is `None`.
-    pub fn with_opt<V: Into<Value>>(mut self, key: &str, value: Option<V>) -> Self {
+    pub fn with_opt<V: Into<Value>>(
+        mut self,
+        key: impl Into<Cow<'static, str>>,
+        value: Option<V>,
+    ) -> Self {
         if let Some(v) = value {
             self.set(key, v);
         }
         self
     }
 
-    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
-        self.fields.insert(key.to_owned(), value.into());
+    /// Sets `key` (replacing an earlier value of the same key).
+    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) {
+        let key = key.into();
+        let value = value.into();
+        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.fields.push((key, value)),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.fields.get(key)
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// The string value of `key`, if it is a string.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).and_then(Value::as_str)
+        self.get(key).and_then(Value::as_str)
     }
 
-    pub fn fields(&self) -> &Map<String, Value> {
-        &self.fields
+    /// The fields in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
+    /// Appends the record as one JSON object (no newline) to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, (k, v)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Writing into a Vec cannot fail, and a Value always serializes.
+            let _ = serde_json::to_writer(&mut *out, k.as_ref());
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        out.push(b'}');
     }
 
     /// The record as one JSON line (no trailing newline).
     pub fn to_json(&self) -> String {
-        // Serializing a Map of Values cannot fail.
-        serde_json::to_string(&self.fields).unwrap_or_default()
+        let mut out = Vec::with_capacity(256);
+        self.write_json(&mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
+thread_local! {
+    /// The last second formatted on this thread: (unix second, "YYYY-MM-DDTHH:MM:SS").
+    static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+}
+
 fn format_timestamp(when: OffsetDateTime) -> String {
-    let ms = when.replace_nanosecond(when.millisecond() as u32 * 1_000_000);
-    ms.unwrap_or(when)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| when.unix_timestamp().to_string())
+    let second = when.unix_timestamp();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            cached.0 = second;
+            cached.1 = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                when.year(),
+                u8::from(when.month()),
+                when.day(),
+                when.hour(),
+                when.minute(),
+                when.second()
+            );
+        }
+        format!("{}.{:03}Z", cached.1, when.millisecond())
+    })
 }
 
 #[cfg(test)]
@@ -110,5 +163,25 @@ mod tests {
             r.to_json(),
             r#"{"timestamp":"2026-01-24T10:30:45.123Z","direction":"upstream","decision":"BLOCK","violation":true}"#
         );
+    }
+
+    #[test]
+    fn set_replaces_and_values_are_escaped() {
+        let mut r = Record::at(datetime!(2026-01-24 10:30:45 UTC)).with("a", 1);
+        r.set("a", "x\"y\n");
+        r.set(String::from("dyn"), serde_json::json!({"k": [1, 2]}));
+        assert_eq!(
+            r.to_json(),
+            r#"{"timestamp":"2026-01-24T10:30:45.000Z","a":"x\"y\n","dyn":{"k":[1,2]}}"#
+        );
+        assert_eq!(r.get_str("a"), Some("x\"y\n"));
+    }
+
+    #[test]
+    fn the_cached_second_changes_with_the_clock() {
+        let a = format_timestamp(datetime!(2026-12-31 23:59:59.999 UTC));
+        let b = format_timestamp(datetime!(2027-01-01 00:00:00.001 UTC));
+        assert_eq!(a, "2026-12-31T23:59:59.999Z");
+        assert_eq!(b, "2027-01-01T00:00:00.001Z");
     }
 }

@@ -77,18 +77,19 @@ impl JsonlSink {
 
 impl Sink for JsonlSink {
     fn write(&self, record: &Record) -> Result<(), AuditError> {
-        let mut line = record.to_json();
-        line.push('\n');
-        self.write_bytes(line.as_bytes())
+        let mut line = Vec::with_capacity(512);
+        record.write_json(&mut line);
+        line.push(b'\n');
+        self.write_bytes(&line)
     }
 
     fn write_batch(&self, records: &[Record]) -> Result<(), AuditError> {
-        let mut buf = String::new();
+        let mut buf = Vec::with_capacity(512 * records.len());
         for r in records {
-            buf.push_str(&r.to_json());
-            buf.push('\n');
+            r.write_json(&mut buf);
+            buf.push(b'\n');
         }
-        self.write_bytes(buf.as_bytes())
+        self.write_bytes(&buf)
     }
 }
 

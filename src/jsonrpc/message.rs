@@ -28,23 +28,81 @@ pub enum Kind {
     ErrorResponse,
 }
 
-/// A parsed message. Fields are taken from the envelope; `params`, `result` and `error` are
-/// whole JSON values (parsed strictly).
+/// A parsed message. Envelope fields are decoded; `params`, `result` and `error` are kept as
+/// their exact text, already validated strictly (no duplicate keys at any depth), and decoded
+/// into a `serde_json::Value` only when someone needs to look inside.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub kind: Kind,
     /// The id exactly as sent (`123`, `"abc"`), absent for notifications.
     pub id: Option<Box<RawValue>>,
     pub method: Option<String>,
-    pub params: Option<Value>,
-    pub result: Option<Value>,
-    pub error: Option<Value>,
+    pub params: Option<Part>,
+    pub result: Option<Part>,
+    pub error: Option<Part>,
 }
 
 impl Message {
     /// The id's JSON text, if any.
     pub fn id_text(&self) -> Option<&str> {
         self.id.as_deref().map(RawValue::get)
+    }
+
+    /// The decoded params, if they were decoded (see [`Part::decode`]).
+    pub fn params_value(&self) -> Option<&Value> {
+        self.params.as_ref().and_then(Part::decoded)
+    }
+}
+
+/// One of `params`, `result`, `error`: the exact text, validated, and its decoded value once
+/// decoded. Decoding parses the same validated text with the same strict grammar, so it can
+/// only produce the value the validation saw.
+#[derive(Debug, Clone)]
+pub struct Part {
+    raw: Box<RawValue>,
+    value: Option<Value>,
+}
+
+impl Part {
+    fn new(raw: Box<RawValue>) -> Self {
+        Part { raw, value: None }
+    }
+
+    /// The text as received.
+    pub fn raw(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// The value, if decoded.
+    pub fn decoded(&self) -> Option<&Value> {
+        self.value.as_ref()
+    }
+
+    /// Decodes (once) and returns the value for reading or changing.
+    pub fn decode(&mut self) -> Result<&mut Value, ParseError> {
+        if self.value.is_none() {
+            self.value = Some(parse_value(self.raw.get().as_bytes())?);
+        }
+        // Set just above.
+        self.value
+            .as_mut()
+            .ok_or_else(|| ParseError::invalid("decode failed"))
+    }
+
+    /// Replaces the value (the part is then serialized from it).
+    pub fn set(&mut self, v: Value) {
+        self.value = Some(v);
+    }
+
+    /// Appends the part's JSON: the decoded value if there is one (it may have been changed),
+    /// else the original text.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match &self.value {
+            Some(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            None => out.extend_from_slice(self.raw.get().as_bytes()),
+        }
     }
 }
 
@@ -153,9 +211,9 @@ struct Envelope {
     jsonrpc: Option<Value>,
     id: Option<Box<RawValue>>,
     method: Option<Value>,
-    params: Option<Value>,
-    result: Option<Value>,
-    error: Option<Value>,
+    params: Option<Box<RawValue>>,
+    result: Option<Box<RawValue>>,
+    error: Option<Box<RawValue>>,
 }
 
 impl Envelope {
@@ -174,18 +232,19 @@ impl Envelope {
             Some(_) => return Err(ParseError::invalid("\"method\" must be a string")),
         };
         if let Some(params) = &self.params {
-            if !(params.is_object() || params.is_array()) {
+            let first = params.get().as_bytes().first();
+            if !matches!(first, Some(b'{' | b'[')) {
                 return Err(ParseError::invalid("\"params\" must be an object or array"));
             }
-            if let (Origin::Client, Some(map)) = (origin, params.as_object()) {
-                for key in map.keys() {
-                    if let Some(t) = PARAMS_KEYS.iter().find(|t| is_case_variant(key, t)) {
-                        return Err(ParseError::invalid(format!(
-                            "\"params\" key {key:?} is a case variant of {t:?}"
-                        )));
-                    }
-                }
-            }
+            let keys: &[&str] = if origin == Origin::Client {
+                &PARAMS_KEYS
+            } else {
+                &[]
+            };
+            validate(params.get(), keys, "params")?;
+        }
+        if let Some(r) = &self.result {
+            validate(r.get(), &[], "result")?;
         }
         let kind = match (&method, &self.result, &self.error) {
             (Some(_), None, None) => {
@@ -221,16 +280,18 @@ impl Envelope {
                 return Err(ParseError::invalid("a response must carry an \"id\""));
             }
         }
-        if kind == Kind::ErrorResponse {
-            check_error_object(self.error.as_ref())?;
+        let mut error = self.error.map(Part::new);
+        if let Some(e) = error.as_mut() {
+            validate(e.raw(), &[], "error")?;
+            check_error_object(e.decode()?)?;
         }
         Ok(Message {
             kind,
             id: self.id,
             method,
-            params: self.params,
-            result: self.result,
-            error: self.error,
+            params: self.params.map(Part::new),
+            result: self.result.map(Part::new),
+            error,
         })
     }
 }
@@ -251,8 +312,8 @@ fn check_id(id: &RawValue) -> Result<(), ParseError> {
     }
 }
 
-fn check_error_object(error: Option<&Value>) -> Result<(), ParseError> {
-    let Some(Value::Object(e)) = error else {
+fn check_error_object(error: &Value) -> Result<(), ParseError> {
+    let Value::Object(e) = error else {
         return Err(ParseError::invalid("\"error\" must be an object"));
     };
     if !e.get("code").is_some_and(Value::is_i64) {
@@ -279,12 +340,22 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut env = Envelope::default();
         let mut unknown = Map::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let slot = match key.as_ref() {
-                "jsonrpc" => Some(&mut env.jsonrpc),
-                "method" => Some(&mut env.method),
+            let raw_slot = match key.as_ref() {
                 "params" => Some(&mut env.params),
                 "result" => Some(&mut env.result),
                 "error" => Some(&mut env.error),
+                _ => None,
+            };
+            if let Some(slot) = raw_slot {
+                if slot.is_some() {
+                    return Err(strict_err(format_args!("duplicate key {key:?}")));
+                }
+                *slot = Some(map.next_value::<Box<RawValue>>()?);
+                continue;
+            }
+            let slot = match key.as_ref() {
+                "jsonrpc" => Some(&mut env.jsonrpc),
+                "method" => Some(&mut env.method),
                 "id" => {
                     if env.id.is_some() {
                         return Err(strict_err(format_args!("duplicate key {key:?}")));
@@ -387,6 +458,98 @@ impl<'de> Visitor<'de> for StrictValue {
             out.insert(key, v);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// Checks `text` (one JSON value) strictly without building it: duplicate keys at any depth, and
+/// at the top level keys that are case variants of `case_keys`. `what` names the part in errors.
+fn validate(text: &str, case_keys: &'static [&'static str], what: &str) -> Result<(), ParseError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_any(Validator { case_keys })
+        .and_then(|()| de.end())
+        .map_err(|e| {
+            let mut p = classify(e);
+            p.reason = format!("in \"{what}\": {}", p.reason);
+            p
+        })
+}
+
+/// Walks a value checking keys; allocates only for keys with escapes and for objects with many
+/// keys.
+#[derive(Clone, Copy)]
+struct Validator {
+    case_keys: &'static [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for Validator {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Validator {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        Number::from_f64(v)
+            .map(|_| ())
+            .ok_or_else(|| strict_err("number out of range"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = Validator { case_keys: &[] };
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = Validator { case_keys: &[] };
+        let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut many: Option<std::collections::HashSet<std::borrow::Cow<'de, str>>> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if let Some(t) = self.case_keys.iter().find(|t| is_case_variant(&key, t)) {
+                return Err(strict_err(format_args!(
+                    "key {key:?} is a case variant of {t:?}"
+                )));
+            }
+            let dup = match many.as_mut() {
+                Some(set) => !set.insert(key.clone()),
+                None => {
+                    let dup = seen.contains(&key);
+                    seen.push(key.clone());
+                    if seen.len() > 16 {
+                        many = Some(seen.drain(..).collect());
+                    }
+                    dup
+                }
+            };
+            if dup {
+                return Err(strict_err(format_args!("duplicate key {key:?}")));
+            }
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
@@ -520,7 +683,12 @@ mod tests {
         assert_eq!(m.kind, Kind::Request);
         assert_eq!(m.id_text(), Some("7"));
         assert_eq!(m.method.as_deref(), Some("tools/call"));
-        assert_eq!(m.params.unwrap()["arguments"]["path"], "/tmp/x");
+        let mut params = m.params.unwrap();
+        assert!(
+            params.decoded().is_none(),
+            "params are decoded only on demand"
+        );
+        assert_eq!(params.decode().unwrap()["arguments"]["path"], "/tmp/x");
     }
 
     #[test]
@@ -661,6 +829,17 @@ mod tests {
             "]".repeat(1000)
         );
         assert!(client(&deep).is_err());
+    }
+
+    #[test]
+    fn validation_without_decoding_still_rejects_duplicates_deep_inside() {
+        let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        let s = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{many}"k7":0}}}}"#);
+        assert_eq!(code(server(&s)), codes::INVALID_REQUEST);
+        let s = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{many}"z":0}}}}"#);
+        assert!(server(&s).is_ok());
+        let m = server(r#"{"jsonrpc":"2.0","id":1,"result":{"a": [1, {"b": "\u0041"}]}}"#).unwrap();
+        assert_eq!(m.result.unwrap().raw(), r#"{"a": [1, {"b": "\u0041"}]}"#);
     }
 
     #[test]

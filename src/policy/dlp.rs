@@ -231,13 +231,63 @@ impl Dlp {
         self.report(&counts, truncated, total)
     }
 
-    /// What [`redact_value`](Self::redact_value) would find, without changing `value`.
+    /// What [`redact_value`](Self::redact_value) would find, without changing `value` (a copy
+    /// is made only when some string may match or the value is over `max_scan_size`).
     pub fn scan_value(&self, value: &Value, dir: Direction) -> Redaction {
         if !self.scans(dir) {
             return Redaction::default();
         }
+        let (may, total) = self.prescan(value, dir);
+        if !may && total <= self.max_scan_size {
+            return Redaction {
+                total_bytes: total,
+                ..Redaction::default()
+            };
+        }
         let mut copy = value.clone();
         self.redact_value(&mut copy, dir)
+    }
+
+    /// Redacts a whole server→client JSON-RPC message in place: everything under `result`,
+    /// `error` (message and data) and `params` (notifications, server requests), keys
+    /// included; `jsonrpc`, `id` and `method` are routing and left alone.
+    pub fn redact_server_message(&self, message: &mut Value) -> Redaction {
+        let mut counts = vec![0; self.patterns.len()];
+        let mut w = Walk {
+            dlp: self,
+            dir: Direction::Response,
+            budget: self.max_scan_size,
+            counts: &mut counts,
+            truncated: false,
+            total: 0,
+        };
+        if self.scans(Direction::Response)
+            && let Value::Object(map) = message
+        {
+            for (k, v) in map.iter_mut() {
+                if !matches!(k.as_str(), "jsonrpc" | "id" | "method") {
+                    w.walk(v);
+                }
+            }
+        }
+        let (truncated, total) = (w.truncated, w.total);
+        self.report(&counts, truncated, total)
+    }
+
+    /// (some string or key may match, total string bytes).
+    fn prescan(&self, v: &Value, dir: Direction) -> (bool, usize) {
+        match v {
+            Value::String(s) => (self.may_match(s, dir), s.len()),
+            Value::Array(items) => items.iter().fold((false, 0), |(m, t), x| {
+                let (m2, t2) = self.prescan(x, dir);
+                (m || m2, t + t2)
+            }),
+            Value::Object(map) => map.iter().fold((false, 0), |(m, t), (k, x)| {
+                let (m2, t2) = self.prescan(x, dir);
+                (m || m2 || self.may_match(k, dir), t + t2 + k.len())
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => (false, 0),
+        }
     }
 
     /// A filter for the server's stderr (`None` unless `enabled` and `filter_stderr`).

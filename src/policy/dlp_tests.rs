@@ -222,3 +222,33 @@ fn stderr_long_lines_are_flushed_without_splitting_a_secret() {
         line.replace("AKIAIOSFODNN7EXAMPLE", "[REDACTED:AWS Key]")
     );
 }
+
+#[test]
+fn server_messages_are_redacted_everywhere_but_the_envelope() {
+    let d = dlp(AWS);
+    let mut m = json!({"jsonrpc": "2.0", "id": "AKIAIOSFODNN7EXAMPLE", "error": {"code": -32000,
+        "message": "bad key AKIAIOSFODNN7EXAMPLE", "data": {"k": "AKIAIOSFODNN7EXAMPLE"}}});
+    let r = d.redact_server_message(&mut m);
+    assert_eq!(r.match_count(), 2);
+    assert_eq!(m["id"], "AKIAIOSFODNN7EXAMPLE");
+    assert_eq!(m["error"]["message"], "bad key [REDACTED:AWS Key]");
+    let mut n = json!({"jsonrpc": "2.0", "method": "notifications/message",
+        "params": {"level": "info", "data": "AKIAIOSFODNN7EXAMPLE"}});
+    d.redact_server_message(&mut n);
+    assert_eq!(n["params"]["data"], "[REDACTED:AWS Key]");
+    assert_eq!(n["method"], "notifications/message");
+}
+
+#[test]
+fn scan_value_reports_without_changing_and_counts_size() {
+    let d = dlp(&format!(
+        "    scan_requests: true\n    max_scan_size: 16B\n{AWS}"
+    ));
+    let v = json!({"a": "short"});
+    let r = d.scan_value(&v, Direction::Request);
+    assert_eq!((r.matched(), r.truncated, r.total_bytes), (false, false, 6));
+    let v = json!({"a": "AKIAIOSFODNN7EXAMPLE"});
+    let r = d.scan_value(&v, Direction::Request);
+    assert!(r.truncated);
+    assert_eq!(v["a"], "AKIAIOSFODNN7EXAMPLE");
+}

@@ -197,10 +197,10 @@ impl Engine {
             );
             return v;
         };
-        let now = self.ctx.clock.now();
         let rule_ix = p.rule_index(n);
-        let rule = p.rule(n);
+        let rule = rule_ix.and_then(|i| p.spec().tool_rules.get(i));
         let limited = rule_ix.filter(|i| self.limiter.limits(*i));
+        let now = limited.map(|_| self.ctx.clock.now()).unwrap_or_default();
 
         if let Some(i) = limited
             && !self.limiter.available(i, now)
@@ -246,7 +246,8 @@ impl Engine {
                 }
             },
             Some(Action::Allow) | None => {
-                if !p.is_allowlisted(n) {
+                // Allowlisted: listed, or has a rule whose action is `allow` (vector auth-020).
+                if rule.is_none() && !p.index().allowed_tools.contains(n) {
                     violation(
                         n,
                         VerdictKind::NotAllowlisted,

@@ -438,3 +438,12 @@ fn request_scanning_off_by_default() {
         RequestDlpAction::Forward
     );
 }
+
+#[test]
+fn engine_policy_and_verdicts_are_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Engine>();
+    assert_send_sync::<Policy>();
+    assert_send_sync::<ToolVerdict>();
+    assert_send_sync::<crate::policy::StderrFilter>();
+}

@@ -58,10 +58,17 @@ pub fn load_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
 
 fn load_text(text: &str, origin: &str, source: Option<&Path>) -> Result<Policy, PolicyError> {
     let root = parse(text).map_err(|e| {
-        let hint = e.message.to_ascii_lowercase().contains("budget").then(|| {
-            "the document uses too many nodes, aliases or nesting levels for a policy".to_owned()
-        });
-        PolicyError::invalid(origin, e.pos, "", e.message, hint)
+        let lower = e.message.to_ascii_lowercase();
+        let hint = if lower.contains("budget") || lower.contains("alias") {
+            "the document uses too many nodes, aliases or nesting levels for a policy"
+        } else if lower.contains("duplicate") {
+            "each key may appear once per mapping; remove or merge the repeated one"
+        } else if e.pos.is_none() {
+            "a policy is a YAML mapping starting with `apiVersion:`"
+        } else {
+            "check the indentation and quoting at this position"
+        };
+        PolicyError::invalid(origin, e.pos, "", e.message, Some(hint.to_owned()))
     })?;
     let source = source.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
     validate(origin, &root, source)

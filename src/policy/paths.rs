@@ -12,8 +12,12 @@
 //! `PATH=/a:/b`) are found. A token is path-like when it contains `/` or starts with `~` or
 //! `.`, or when it is the whole value. Path-like tokens are expanded (`~`, `~user` via the
 //! password database, relative → server cwd), cleaned, and compared component-wise: a hit is
-//! the entry itself or anything below it. Tokens with `/`, `~` or `.` are also resolved through
-//! symlinks (longest existing prefix), so `/tmp/link/id_rsa` with `link → ~/.ssh` is caught.
+//! the entry itself or anything below it. They are also resolved through symlinks as the kernel
+//! would (`..` after a link applies to its target; a dangling link counts as its target; a
+//! missing tail is kept), so `/tmp/link/id_rsa` with `link → ~/.ssh` is caught. Strings with no
+//! path character at all (`/ ~ . % $ \ ' " * ? [`) are not examined further unless the whole
+//! value names an entry that sits in the cwd: a one-word value such as `Makefile` is therefore
+//! not resolved through a symlink of that name (the sandbox covers that).
 //! Tokens with shell glob characters (`*`, `?`, `[…]`) are matched component-wise as globs
 //! (`~/.s*h/id_*` hits `~/.ssh`). Finally each view is searched for the entries' absolute and
 //! as-written (`~/…`) forms as substrings, at path boundaries.
@@ -34,10 +38,13 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use regex::Regex;
 use serde_json::Value;
 
-/// Symlink resolutions allowed per evaluated call.
-pub const MAX_RESOLUTIONS: usize = 1024;
+/// Distinct path-like tokens resolved through symlinks per evaluated call (each costs a couple
+/// of system calls). A call holding more (a large file body full of paths) is refused with
+/// -32007 rather than checked partially.
+pub const MAX_RESOLUTIONS: usize = 4096;
 
 /// The entry reported when a call holds too many paths to verify.
 pub const TOO_MANY_PATHS: &str = "<too many paths to verify>";
@@ -69,6 +76,12 @@ pub(crate) struct ProtectedPaths {
     home: Option<String>,
     cwd: String,
     resolve: bool,
+    /// Names of entries that sit directly in the cwd: the only thing a value without any path
+    /// character (`/ ~ . % $` …) can refer to.
+    bare: Vec<String>,
+    /// Every needle of the substring check in one automaton: a cheap "could any entry occur
+    /// here" before the precise per-entry search.
+    needles: Option<Regex>,
 }
 
 impl ProtectedPaths {
@@ -85,6 +98,8 @@ impl ProtectedPaths {
             home: home.map(|h| clean(&h.to_string_lossy(), "/")),
             cwd: clean(&cwd.to_string_lossy(), "/"),
             resolve,
+            bare: Vec::new(),
+            needles: None,
         };
         let mut seen = HashSet::new();
         let written = entries.iter().map(|e| (e.clone(), true));
@@ -109,6 +124,23 @@ impl ProtectedPaths {
                 literal,
             });
         }
+        let mut needles: Vec<&str> = Vec::new();
+        for e in &pp.entries {
+            for p in std::iter::once(e.abs.as_str()).chain(e.canon.as_deref()) {
+                if let Some(name) = p
+                    .strip_prefix(pp.cwd.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                    && !name.is_empty()
+                    && !name.contains('/')
+                {
+                    pp.bare.push(name.to_owned());
+                }
+                needles.push(p);
+            }
+            needles.extend(e.literal.as_deref());
+        }
+        let alternation: Vec<String> = needles.iter().map(|n| regex::escape(n)).collect();
+        pp.needles = Regex::new(&alternation.join("|")).ok();
         pp
     }
 
@@ -164,6 +196,17 @@ impl ProtectedPaths {
 
     /// Tilde expansion and cwd for relative paths, then lexical cleaning.
     fn absolute(&self, token: &str) -> String {
+        if token.starts_with('~') {
+            clean(&self.absolute_raw(token), "/")
+        } else {
+            clean(token, &self.cwd)
+        }
+    }
+
+    /// Tilde expansion and cwd for relative paths, NOT cleaned: the kernel resolves `..` after
+    /// following symlinks (`link/../x` is the parent of the link's target), so symlink
+    /// resolution must start from this form.
+    fn absolute_raw(&self, token: &str) -> String {
         if let Some(rest) = token.strip_prefix('~') {
             let (user, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             let base = if user.is_empty() {
@@ -179,10 +222,37 @@ impl ProtectedPaths {
                 None
             };
             if let Some(b) = base {
-                return clean(&format!("{b}/{tail}"), "/");
+                return format!("{b}/{tail}");
             }
         }
-        clean(token, &self.cwd)
+        if token.starts_with('/') {
+            token.to_owned()
+        } else {
+            format!("{}/{token}", self.cwd)
+        }
+    }
+
+    /// Whether `s` can refer to a protected path at all: it has a path character, or (for a
+    /// value, not a key) it is one word naming an entry that sits in the cwd. Most strings
+    /// (identifiers, prose without paths, numbers as text) stop here.
+    fn worth_scanning(&self, s: &str, whole_allowed: bool) -> bool {
+        let special = |b: &u8| {
+            matches!(
+                b,
+                b'/' | b'~' | b'.' | b'%' | b'$' | b'\\' | b'\'' | b'"' | b'*' | b'?' | b'['
+            )
+        };
+        if s.as_bytes().iter().any(special) {
+            return true;
+        }
+        if !whole_allowed || self.bare.is_empty() {
+            return false;
+        }
+        let mut words = tokens(s);
+        match (words.next(), words.next()) {
+            (Some(w), None) => self.bare.iter().any(|b| b == w),
+            _ => false,
+        }
     }
 
     fn hit(&self, path: &str) -> Option<usize> {
@@ -204,6 +274,12 @@ impl ProtectedPaths {
     }
 
     fn substring_hit(&self, view: &str, expanded: &str) -> Option<usize> {
+        if let Some(n) = &self.needles
+            && !n.is_match(expanded)
+            && (std::ptr::eq(expanded, view) || !n.is_match(view))
+        {
+            return None;
+        }
         self.entries.iter().position(|e| {
             contains_path(expanded, &e.abs)
                 || e.canon
@@ -244,7 +320,7 @@ fn render(path: &[Seg<'_>]) -> String {
 impl<'v> Scan<'_> {
     fn value(&mut self, v: &'v Value, path: &mut Vec<Seg<'v>>) -> Option<PathHit> {
         match v {
-            Value::String(s) => self.string(s).map(|entry| PathHit {
+            Value::String(s) => self.string(s, true).map(|entry| PathHit {
                 arg: render(path),
                 entry,
             }),
@@ -262,7 +338,9 @@ impl<'v> Scan<'_> {
             Value::Object(map) => {
                 for (k, x) in map {
                     path.push(Seg::Key(k));
-                    let hit = match self.string(k) {
+                    // A key is examined only for path characters: a key that is one plain word
+                    // names a parameter, not a file.
+                    let hit = match self.string(k, false) {
                         Some(entry) => Some(PathHit {
                             arg: render(path),
                             entry,
@@ -280,29 +358,31 @@ impl<'v> Scan<'_> {
         }
     }
 
-    /// The entry (as written) that `s` refers to, if any.
-    fn string(&mut self, s: &str) -> Option<String> {
-        if s.is_empty() {
+    /// The entry (as written) that `s` refers to, if any. `whole_allowed`: a value that is one
+    /// word is read as a relative path (not done for keys).
+    fn string(&mut self, s: &str, whole_allowed: bool) -> Option<String> {
+        if s.is_empty() || !self.pp.worth_scanning(s, whole_allowed) {
             return None;
         }
+        let hit = if needs_views(s) {
+            views(s).iter().find_map(|v| self.view(v, whole_allowed))
+        } else {
+            self.view(s, whole_allowed)
+        };
+        hit.map(|i| self.entry_name(i))
+    }
+
+    fn view(&mut self, view: &str, whole_allowed: bool) -> Option<usize> {
         let pp = self.pp;
-        for view in views(s) {
-            let expanded = pp.expand_home_vars(&view);
-            let tokens: Vec<&str> = expanded
-                .split(is_delimiter)
-                .filter(|t| !t.is_empty())
-                .collect();
-            let whole = tokens.len() == 1;
-            for t in tokens {
-                if let Some(i) = self.token(t, whole) {
-                    return Some(self.entry_name(i));
-                }
-            }
-            if let Some(i) = pp.substring_hit(&view, &expanded) {
-                return Some(self.entry_name(i));
+        let expanded = pp.expand_home_vars(view);
+        let mut words = tokens(&expanded);
+        let whole = whole_allowed && words.next().is_some() && words.next().is_none();
+        for t in tokens(&expanded) {
+            if let Some(i) = self.token(t, whole) {
+                return Some(i);
             }
         }
-        None
+        pp.substring_hit(view, &expanded)
     }
 
     fn entry_name(&self, i: usize) -> String {
@@ -314,6 +394,10 @@ impl<'v> Scan<'_> {
 
     fn token(&mut self, t: &str, whole: bool) -> Option<usize> {
         let pp = self.pp;
+        if t.contains("://") {
+            // A URL (file:// URLs were unwrapped into another view): no local file.
+            return None;
+        }
         let pathish = t.contains('/') || t.starts_with('~') || t.starts_with('.');
         if !pathish && !whole {
             return None;
@@ -327,19 +411,65 @@ impl<'v> Scan<'_> {
         {
             return Some(i);
         }
-        if pp.resolve && pathish && self.seen.insert(abs.clone()) {
-            self.resolutions += 1;
-            if self.resolutions > MAX_RESOLUTIONS {
-                return Some(usize::MAX);
-            }
-            if let Some(canon) = resolve_prefix(&abs)
-                && let Some(i) = pp.hit(&canon)
-            {
-                return Some(i);
-            }
+        if !pp.resolve {
+            return None;
         }
-        None
+        let raw = pp.absolute_raw(t);
+        if !self.seen.insert(raw.clone()) {
+            return None;
+        }
+        self.resolutions += 1;
+        if self.resolutions > MAX_RESOLUTIONS {
+            return Some(usize::MAX);
+        }
+        match resolve_prefix(&raw) {
+            Some(real) if real != abs => pp.hit(&real),
+            _ => None,
+        }
     }
+}
+
+/// Whether `s` has anything that other views would decode (`%`, quotes, `\\`, `file:`).
+fn needs_views(s: &str) -> bool {
+    s.contains(['%', '\'', '"', '\\'])
+        || s.as_bytes()
+            .windows(5)
+            .any(|w| w.eq_ignore_ascii_case(b"file:"))
+}
+
+/// Shell-like words of `s`: split at delimiters, except that `scheme://` stays in one word.
+fn tokens(s: &str) -> Tokens<'_> {
+    Tokens { s, pos: 0 }
+}
+
+struct Tokens<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self.s;
+        let start = s[self.pos..]
+            .char_indices()
+            .find(|(i, c)| !delimiter_at(s, self.pos + i, *c))
+            .map(|(i, _)| self.pos + i)?;
+        let end = s[start..]
+            .char_indices()
+            .find(|(i, c)| delimiter_at(s, start + i, *c))
+            .map_or(s.len(), |(i, _)| start + i);
+        self.pos = end;
+        Some(&s[start..end])
+    }
+}
+
+fn delimiter_at(s: &str, i: usize, c: char) -> bool {
+    if c == ':' {
+        return !s[i + 1..].starts_with("//");
+    }
+    is_delimiter(c)
 }
 
 /// The views of a string to examine (see the module docs).
@@ -445,29 +575,24 @@ fn is_delimiter(c: char) -> bool {
         )
 }
 
-/// Lexically cleans `path` (absolute, or relative to `base`): no `.`, `..`, empty components.
+/// Lexically cleans `path` (absolute, or relative to the clean absolute `base`): no `.`,
+/// `..` or empty components; `..` never goes above `/`.
 pub(crate) fn clean(path: &str, base: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    let joined;
-    let full = if path.starts_with('/') {
-        path
-    } else {
-        joined = format!("{base}/{path}");
-        &joined
-    };
-    for c in full.split('/') {
+    let mut out = String::with_capacity(base.len() + path.len() + 1);
+    let base = if path.starts_with('/') { "" } else { base };
+    for c in base.split('/').chain(path.split('/')) {
         match c {
             "" | "." => {}
             ".." => {
-                parts.pop();
+                if let Some(i) = out.rfind('/') {
+                    out.truncate(i);
+                }
             }
-            c => parts.push(c),
+            c => {
+                out.push('/');
+                out.push_str(c);
+            }
         }
-    }
-    let mut out = String::with_capacity(full.len());
-    for p in &parts {
-        out.push('/');
-        out.push_str(p);
     }
     if out.is_empty() {
         out.push('/');
@@ -509,33 +634,81 @@ fn contains_path(hay: &str, needle: &str) -> bool {
     false
 }
 
-/// Resolves symlinks in the longest existing prefix of `abs`, keeping the rest as is.
-fn resolve_prefix(abs: &str) -> Option<String> {
-    let mut head = PathBuf::from(abs);
-    let mut tail: Vec<std::ffi::OsString> = Vec::new();
-    loop {
-        match std::fs::canonicalize(&head) {
-            Ok(mut real) => {
-                for t in tail.iter().rev() {
-                    real.push(t);
-                }
-                return Some(clean(&real.to_string_lossy(), "/"));
+/// The real location of the absolute path `raw` (not cleaned): symlinks followed as the
+/// kernel would, `..` applied after them, a non-existent tail kept as written; `None` when it
+/// cannot be resolved (a loop, no permission), in which case the lexical checks stand alone.
+///
+/// Fast path: one `openat2(O_PATH, RESOLVE_NO_SYMLINKS)` proves there is no symlink on the way,
+/// so the lexical form is the real one. Otherwise `realpath`, and for paths that do not exist
+/// yet (a file about to be written) a walk that follows dangling symlinks too.
+fn resolve_prefix(raw: &str) -> Option<String> {
+    use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat2};
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    if openat2(AT_FDCWD, raw, how).is_ok() {
+        return Some(clean(raw, "/"));
+    }
+    if let Ok(real) = std::fs::canonicalize(raw) {
+        return Some(clean(&real.to_string_lossy(), "/"));
+    }
+    resolve_walk(raw)
+}
+
+/// `realpath` that tolerates a missing tail and follows dangling symlinks (writing through
+/// `/tmp/link` with `link -> ~/.ssh/new` creates `~/.ssh/new`).
+fn resolve_walk(raw: &str) -> Option<String> {
+    let mut todo: std::collections::VecDeque<String> = raw
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    let mut missing = false;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                cur.pop();
+                continue;
             }
+            _ => {}
+        }
+        let next = cur.join(&c);
+        if missing {
+            cur = next;
+            continue;
+        }
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&next).ok()?;
+                let target = target.to_string_lossy();
+                if target.starts_with('/') {
+                    cur = PathBuf::from("/");
+                }
+                for t in target.split('/').filter(|t| !t.is_empty()).rev() {
+                    todo.push_front(t.to_owned());
+                }
+            }
+            Ok(_) => cur = next,
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
                 ) =>
             {
-                let name = head.file_name()?.to_os_string();
-                tail.push(name);
-                if !head.pop() {
-                    return None;
-                }
+                missing = true;
+                cur = next;
             }
             Err(_) => return None,
         }
     }
+    Some(clean(&cur.to_string_lossy(), "/"))
 }
 
 fn user_home(name: &str) -> Option<String> {

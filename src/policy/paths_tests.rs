@@ -228,3 +228,78 @@ fn globs_match_component_wise() {
     assert!(!glob_match("[a-c]x", "dx"));
     assert!(glob_match("a[b", "a[b"));
 }
+
+#[test]
+fn urls_other_than_file_urls_are_not_local_paths() {
+    let p = pp(&["/etc/shadow", "~/.ssh"]);
+    for v in [
+        "https://example.com/etc/shadow",
+        "http://localhost/../../etc/shadow",
+        "curl https://x.test/home/alice/.ssh/id_rsa",
+    ] {
+        assert_eq!(blocked(&p, json!({ "url": v })), None, "{v}");
+    }
+    assert!(blocked(&p, json!({"url": "file:///etc/shadow"})).is_some());
+    assert!(blocked(&p, json!({"url": "scp h:/etc/shadow ."})).is_some());
+}
+
+#[test]
+fn keys_that_are_plain_words_are_not_paths() {
+    let p = pp(&["/srv/app/secrets"]);
+    assert_eq!(blocked(&p, json!({"secrets": "x"})), None);
+    assert!(blocked(&p, json!({"f": "secrets"})).is_some());
+    assert!(blocked(&p, json!({"./secrets": "x"})).is_some());
+}
+
+/// A temporary directory holding a protected `secret/` (with `sub/` and `key`), and the
+/// resolving matcher for it, with the cwd at the directory.
+fn secret_dir() -> (tempfile::TempDir, PathBuf, ProtectedPaths) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(secret.join("sub")).unwrap();
+    std::fs::write(secret.join("key"), "k").unwrap();
+    let entry = secret.to_string_lossy().into_owned();
+    let p = ProtectedPaths::new(&[entry], &[], None, dir.path(), true);
+    (dir, secret, p)
+}
+
+#[test]
+fn dotdot_after_a_symlink_is_resolved_as_the_kernel_does() {
+    let (dir, secret, p) = secret_dir();
+    std::os::unix::fs::symlink(secret.join("sub"), dir.path().join("link")).unwrap();
+    // Lexically `link/../key` is `<dir>/key`; the kernel opens `<dir>/secret/key`.
+    assert!(p.scan(&json!({"p": "link/../key"})).is_some());
+    assert!(p.scan(&json!({"p": "link/../missing/../key"})).is_some());
+}
+
+#[test]
+fn dangling_symlinks_into_a_protected_directory_are_caught() {
+    let (dir, secret, p) = secret_dir();
+    std::os::unix::fs::symlink(secret.join("not-yet"), dir.path().join("innocent.txt")).unwrap();
+    assert!(p.scan(&json!({"path": "innocent.txt"})).is_some());
+    assert!(p.scan(&json!({"path": "./innocent.txt"})).is_some());
+}
+
+#[test]
+fn symlink_loops_do_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.path().join("b"), dir.path().join("a")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("b")).unwrap();
+    let p = ProtectedPaths::new(&["/nonexistent".into()], &[], None, dir.path(), true);
+    assert!(p.scan(&json!({"path": "./a/x"})).is_none());
+}
+
+#[test]
+fn resolution_keeps_missing_tails_and_clean_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = std::fs::canonicalize(dir.path()).unwrap();
+    let d = d.to_string_lossy();
+    assert_eq!(
+        resolve_prefix(&format!("{d}/x/../y/new")).as_deref(),
+        Some(format!("{d}/y/new").as_str())
+    );
+    assert_eq!(
+        resolve_prefix(&format!("{d}//.")).as_deref(),
+        Some(d.as_ref())
+    );
+}

@@ -154,7 +154,21 @@ fn de_error(c: &Checker<'_>, e: DeError) -> PolicyError {
             expected: "`true` or `false`",
             ..
         } => Some("write `true` or `false`".into()),
-        _ => None,
+        DeErrorKind::WrongType {
+            expected: "a list", ..
+        } => Some("write a YAML list: `[a, b]`, or one `- item` per line".into()),
+        DeErrorKind::WrongType {
+            expected: "a mapping",
+            ..
+        } => Some("write `key: value` entries indented under this key".into()),
+        DeErrorKind::WrongType {
+            expected: "an integer",
+            ..
+        } => Some("write a whole number without quotes".into()),
+        DeErrorKind::MissingField(f) => Some(format!("add `{f}:`")),
+        DeErrorKind::WrongType { .. } | DeErrorKind::Message(_) => {
+            Some("see the AgentPolicy reference for the expected shape of this field".into())
+        }
     };
     PolicyError::invalid(c.origin, e.pos, path, e.to_string(), hint)
 }
@@ -476,6 +490,12 @@ fn tool_rules(
                 let regex = re2::compile(pattern).map_err(|m| {
                     c.err(&ap, m, Some("allow_args values are RE2 regexes: no backreferences or lookaround; anchor with ^…$".into()))
                 })?;
+                if !pattern.starts_with('^') && !pattern.starts_with("\\A") {
+                    c.warn(
+                        &ap,
+                        format!("`{pattern}` is not anchored: it matches anywhere in the value (write `^…$` to match the whole value)"),
+                    );
+                }
                 allow_args.push(ArgPattern {
                     name: name.clone(),
                     pattern: pattern.clone(),

@@ -593,3 +593,10 @@ fn yaml_problems_are_located() {
     let e = load_str("spec:\n  mode: enforce\n  mode: monitor\n", "p.yaml").unwrap_err();
     assert!(e.to_string().to_lowercase().contains("duplicate"), "{e}");
 }
+
+#[test]
+fn unanchored_argument_patterns_are_warned_about() {
+    let p = load_str(&doc("v1alpha1", "  tool_rules:\n    - tool: a\n      allow_args:\n        p: '/srv/'\n        q: '^x$'\n"), "p").unwrap();
+    let w: Vec<String> = p.warnings().iter().map(|w| w.field.clone()).collect();
+    assert_eq!(w, vec!["spec.tool_rules[0].allow_args.p".to_string()]);
+}

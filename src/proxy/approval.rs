@@ -38,8 +38,7 @@ pub(super) fn start_approval(
         .stack_size(256 * 1024)
         .spawn(move || {
             let args = msg
-                .params
-                .as_ref()
+                .params_value()
                 .and_then(|p| p.get("arguments"))
                 .map(|a| super::dlp::redacted_copy(&sh2, a));
             let req = ApprovalRequest {
@@ -87,7 +86,7 @@ fn conclude(
     match (&answer, &resolved.action) {
         (Answer::Approved, CallAction::Forward) => {
             sh.pending().approval_done(id);
-            let arguments = msg.params.as_ref().and_then(|p| p.get("arguments"));
+            let arguments = msg.params_value().and_then(|p| p.get("arguments"));
             super::upstream::forward_checked_call(sh, line, msg, &resolved, arguments, &mut batch);
         }
         (Answer::Cancelled, _) => {

@@ -65,7 +65,7 @@ pub(super) fn request(
         },
         RequestDlpAction::ForwardRedacted => {
             let mut m = msg.clone();
-            if let Some(Value::Object(p)) = m.params.as_mut() {
+            if let Some(Ok(Value::Object(p))) = m.params.as_mut().map(|p| p.decode()) {
                 p.insert("arguments".into(), scanned);
             }
             RequestScan::Redacted {
@@ -102,7 +102,9 @@ pub(super) fn scan_response(sh: &Shared, msg: &mut Message) -> Vec<Hit> {
         .into_iter()
         .flatten()
     {
-        for h in dlp.redact_value(part, DlpDirection::Response).hits {
+        // Validated already; decoding the same text cannot fail short of memory.
+        let Ok(value) = part.decode() else { continue };
+        for h in dlp.redact_value(value, DlpDirection::Response).hits {
             match hits.iter_mut().find(|x| x.rule == h.rule) {
                 Some(x) => x.count += h.count,
                 None => hits.push(h),
@@ -117,7 +119,7 @@ pub(super) fn scan_response(sh: &Shared, msg: &mut Message) -> Vec<Hit> {
 /// not copied into the audit log verbatim).
 pub(super) fn redacted_copy(sh: &Shared, v: &Value) -> Value {
     let mut copy = v.clone();
-    if let Some(dlp) = sh.engine.dlp() {
+    if let Some(dlp) = sh.engine.dlp().filter(|d| d.enabled) {
         let dir = if dlp.scans(DlpDirection::Request) {
             DlpDirection::Request
         } else {
@@ -156,7 +158,7 @@ pub(super) fn serialize(msg: &Message) -> Vec<u8> {
     ] {
         if let Some(v) = v {
             out.extend_from_slice(format!(",\"{k}\":").as_bytes());
-            out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_default());
+            v.write_json(&mut out);
         }
     }
     out.extend_from_slice(b"}\n");

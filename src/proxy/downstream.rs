@@ -155,7 +155,7 @@ fn handle_response(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
     let mut changed = false;
     if req.method == "tools/list"
         && msg.kind == Kind::Response
-        && let Some(result) = msg.result.as_mut()
+        && let Some(Ok(result)) = msg.result.as_mut().map(|r| r.decode())
     {
         let report = tools::on_tools_list(sh, result);
         changed |= report.changed;

@@ -28,17 +28,16 @@ fn id_value(id_text: Option<&str>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn bounded_args(sh: &Shared, args: Option<&Value>) -> Value {
+/// `args` for a record: DLP-redacted, or a size summary when the call's params text (which
+/// bounds the arguments' size) is over [`MAX_ARGS_BYTES`].
+fn bounded_args(sh: &Shared, args: Option<&Value>, params_len: usize) -> Value {
     let Some(args) = args else {
         return json!({});
     };
-    let redacted = dlp::redacted_copy(sh, args);
-    let size = serde_json::to_vec(&redacted).map(|v| v.len()).unwrap_or(0);
-    if size > MAX_ARGS_BYTES {
-        json!({"_aip_truncated": true, "bytes": size})
-    } else {
-        redacted
+    if params_len > MAX_ARGS_BYTES {
+        return json!({"_aip_truncated": true, "params_bytes": params_len});
     }
+    dlp::redacted_copy(sh, args)
 }
 
 pub(super) fn method_decision(
@@ -73,12 +72,13 @@ pub(super) fn call_decision(
     raw_method: &str,
     out: &CallOutcome,
     args: Option<&Value>,
+    params_len: usize,
 ) -> Record {
     base(sh, Direction::Upstream)
         .with("request_id", id_value(id_text))
         .with("method", raw_method)
         .with("tool", out.tool.as_str())
-        .with("args", bounded_args(sh, args))
+        .with("args", bounded_args(sh, args, params_len))
         .with("decision", out.audit_decision)
         .with("policy_mode", sh.mode_str())
         .with("violation", out.violation)

@@ -185,11 +185,19 @@ fn reject_unparsed(sh: &Shared, line: &[u8], code: i64, reason: &str, batch: &mu
     }
 }
 
-fn handle_call(sh: &Arc<Shared>, line: &[u8], msg: Message, batch: &mut Batch) {
-    let raw_method = msg.method.as_deref().unwrap_or_default();
+fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batch) {
+    let gate = MethodOutcome::of(&sh.engine, msg.method.as_deref().unwrap_or_default());
+    // Only these two need to look inside params; everything else is forwarded as received.
+    if matches!(
+        gate.normalized.as_str(),
+        "tools/call" | "notifications/cancelled"
+    ) && let Some(Err(e)) = msg.params.as_mut().map(|p| p.decode().map(|_| ()))
+    {
+        return reject_unparsed(sh, line, e.code, &e.reason, batch);
+    }
+    let raw_method = gate.raw.as_str();
     let id = msg.id.as_deref();
     let id_text = msg.id_text();
-    let gate = MethodOutcome::of(&sh.engine, raw_method);
     if let Some(err) = &gate.denied {
         batch
             .records
@@ -202,7 +210,7 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], msg: Message, batch: &mut Batch) {
     match gate.normalized.as_str() {
         "tools/call" => return handle_tool_call(sh, line, &msg, &gate, batch),
         // The server never saw a call still waiting for a human: its cancellation ends here.
-        "notifications/cancelled" if cancel_waiting_approval(sh, msg.params.as_ref()) => {
+        "notifications/cancelled" if cancel_waiting_approval(sh, msg.params_value()) => {
             batch
                 .records
                 .push(records::method_decision(sh, id_text, raw_method, &gate));
@@ -272,9 +280,10 @@ fn handle_tool_call(
         ));
         return;
     };
-    let params = msg.params.as_ref().and_then(Value::as_object);
+    let params = msg.params_value().and_then(Value::as_object);
     let name = params.and_then(|p| p.get("name")).and_then(Value::as_str);
     let arguments = params.and_then(|p| p.get("arguments"));
+    let params_len = msg.params.as_ref().map_or(0, |p| p.raw().len());
     let (Some(name), true) = (name, arguments.is_none_or(Value::is_object)) else {
         let reason = "tools/call needs params {\"name\": string, \"arguments\"?: object}";
         batch.records.push(records::rejected(
@@ -293,7 +302,7 @@ fn handle_tool_call(
     match outcome.action {
         super::decide::CallAction::Deny(ref err) => {
             batch.records.push(records::call_decision(
-                sh, id_text, &gate.raw, &outcome, arguments,
+                sh, id_text, &gate.raw, &outcome, arguments, params_len,
             ));
             batch.reply(id_text, err);
         }
@@ -307,7 +316,7 @@ fn handle_tool_call(
                 return;
             }
             batch.records.push(records::call_decision(
-                sh, id_text, &gate.raw, &outcome, arguments,
+                sh, id_text, &gate.raw, &outcome, arguments, params_len,
             ));
             forward_checked_call(sh, line, msg, &outcome, arguments, batch);
         }
@@ -325,7 +334,7 @@ fn handle_tool_call(
                 return;
             }
             batch.records.push(records::call_decision(
-                sh, id_text, &gate.raw, &outcome, arguments,
+                sh, id_text, &gate.raw, &outcome, arguments, params_len,
             ));
             // The approval thread audits its answer and forwards or replies on its own; flush
             // what came before so the order of records stays the order of events.
