@@ -1057,7 +1057,7 @@ fn connection_and_byte_limits() {
         ),
     );
     let o = sb.python(
-        "import socket\na=socket.create_connection(('remote.test',7000),timeout=10)\na.sendall(b'one\\n'); print(a.makefile().readline(),end='')\nb=socket.create_connection(('remote.test',7000),timeout=10)\ntry:\n b.sendall(b'two\\n'); print('second:', repr(b.recv(100)))\nexcept Exception as e: print('second:', type(e).__name__)\na.sendall(b'x'*100+b'\\n')\ntry: print('big:', repr(a.recv(200)))\nexcept Exception as e: print('big:', type(e).__name__)",
+        "import socket\na=socket.create_connection(('remote.test',7000),timeout=10)\na.sendall(b'one\\n'); print(a.makefile().readline(),end='')\ntry:\n b=socket.create_connection(('remote.test',7000),timeout=10)\n b.sendall(b'two\\n'); print('second:', repr(b.recv(100)))\nexcept Exception as e: print('second:', type(e).__name__)\ntry:\n a.sendall(b'x'*100+b'\\n'); print('big:', repr(a.recv(200)))\nexcept Exception as e: print('big:', type(e).__name__)",
     );
     let out = stdout(&o);
     assert!(out.starts_with("echo one\n"), "{out} {}", stderr(&o));
@@ -1068,7 +1068,8 @@ fn connection_and_byte_limits() {
             ["ConnectionResetError", "BrokenPipeError", "b''"]
                 .iter()
                 .any(|e| got.ends_with(e)),
-            "{what}: {out}"
+            "{what}: {out} {}",
+            stderr(&o)
         );
     }
     let records = sb.finish();
