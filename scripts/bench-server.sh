@@ -90,7 +90,7 @@ EOF
 cat > "$work/block.lua" <<'EOF'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"tool":"read_file","arguments":{"path":"/home/agent/.ssh/id_rsa"}}'
+wrk.body = '{"tool":"read_file","arguments":{"path":"/srv/data/../../etc/shadow"}}'
 EOF
 
 # run NAME URL SCRIPT

@@ -11,6 +11,7 @@ mod daemon;
 mod doctor;
 mod policy;
 mod run;
+mod sandbox;
 mod server;
 mod sign;
 
@@ -36,6 +37,8 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
     /// Report kernel support for each sandbox layer and run a canary sandbox.
     Doctor(doctor::DoctorArgs),
+    /// Run a command in the sandbox without the MCP proxy (see what a server sees).
+    Sandbox(sandbox::SandboxArgs),
     /// Run the aipd service.
     Daemon(daemon::DaemonArgs),
     /// Bridge stdio to a server defined in aipd (what an MCP client config runs).
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Some(Command::Policy(PolicyCommand::Keygen(a))) => sign::keygen(a),
         Some(Command::Conformance(a)) => conformance::run(a),
         Some(Command::Doctor(a)) => doctor::run(a),
+        Some(Command::Sandbox(a)) => sandbox::run(a),
         Some(Command::Daemon(a)) => daemon::daemon(a),
         Some(Command::Connect(a)) => daemon::connect(a),
         Some(Command::Ps(a)) => daemon::ps(a),

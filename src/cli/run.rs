@@ -23,6 +23,12 @@ pub struct CommonArgs {
     /// Log decisions and lifecycle to stderr.
     #[arg(long)]
     pub verbose: bool,
+    /// Ed25519 public key (PEM) the policy's metadata.signature must verify against.
+    #[arg(long, value_name = "FILE")]
+    pub policy_pubkey: Option<PathBuf>,
+    /// Refuse a policy without metadata.signature.
+    #[arg(long)]
+    pub require_signed_policy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,6 +118,10 @@ fn options(common: &CommonArgs, command: Vec<String>) -> Options {
         no_sandbox: false,
         allow_read: Vec::new(),
         allow_write: Vec::new(),
+        signature: launch::SignaturePolicy {
+            pubkey: common.policy_pubkey.clone(),
+            require_signed: common.require_signed_policy,
+        },
     }
 }
 

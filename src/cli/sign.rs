@@ -16,6 +16,7 @@ use crate::identity::{
     PolicySigningKey, PolicyVerifyingKey, SignatureError, canonical_policy, set_metadata_signature,
     sign_policy, verify_policy_signature,
 };
+use crate::policy;
 
 /// `aip policy sign --key KEY FILE`
 #[derive(Debug, Args)]
@@ -52,12 +53,13 @@ pub struct KeygenArgs {
     pub force: bool,
 }
 
-/// Largest policy file read (the loader has the same bound).
-const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+/// Largest policy file read (the loader's bound).
+const MAX_POLICY_BYTES: u64 = policy::MAX_POLICY_BYTES as u64;
 
 pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let key = PolicySigningKey::from_file(&args.key)?;
     let text = read_policy(&args.file)?;
+    check_loads(&text, &args.file)?;
     let document = parse_document(&text, &args.file)?;
     let signature = sign_policy(&document, &key)?;
     let signed_text = set_metadata_signature(&text, &signature)
@@ -171,10 +173,15 @@ fn read_policy(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))
 }
 
-/// The policy document as the loader sees it (YAML 1.2 core schema → JSON data model).
+/// The policy document exactly as the loader sees it (`policy::yaml`, YAML 1.2 core schema →
+/// JSON): the same value the loader hashes and verifies, so a signature made here verifies
+/// there.
 fn parse_document(text: &str, path: &Path) -> anyhow::Result<Value> {
-    let doc: Value = serde_saphyr::from_str(text)
-        .map_err(|e| anyhow::anyhow!("{}: not valid YAML: {e}", path.display()))?;
+    let node = policy::yaml::parse(text).map_err(|e| match e.pos {
+        Some(p) => anyhow::anyhow!("{}:{}:{}: {}", path.display(), p.line, p.column, e.message),
+        None => anyhow::anyhow!("{}: {}", path.display(), e.message),
+    })?;
+    let doc = node.to_json();
     if !doc.get("metadata").is_some_and(Value::is_object) {
         bail!(
             "{}: no `metadata` mapping; is this an AIP policy?",
@@ -182,6 +189,15 @@ fn parse_document(text: &str, path: &Path) -> anyhow::Result<Value> {
         );
     }
     Ok(doc)
+}
+
+/// Refuses to sign a policy the loader would refuse anyway (the error names line and field).
+fn check_loads(text: &str, path: &Path) -> anyhow::Result<()> {
+    policy::load_str(text, &path.display().to_string())
+        .map(|_| ())
+        .map_err(|e| {
+            anyhow::anyhow!("{e}\n  hint: fix the policy before signing it (`aip policy check`)")
+        })
 }
 
 /// Writes via a temporary file in the same directory and a rename, so readers see the old or

@@ -45,7 +45,10 @@ pub fn take_stdio_token(params: &mut Value) -> Result<Option<String>, StdioToken
     let Some(obj) = params.as_object_mut() else {
         return Ok(None);
     };
-    if obj.keys().any(|k| k.eq_ignore_ascii_case(LEGACY_PARAM_KEY)) {
+    if obj
+        .keys()
+        .any(|k| crate::jsonrpc::fold_eq(k, LEGACY_PARAM_KEY))
+    {
         return Err(StdioTokenError::WrongLocation);
     }
     let Some(meta) = obj.get_mut("_meta").and_then(Value::as_object_mut) else {
@@ -53,7 +56,7 @@ pub fn take_stdio_token(params: &mut Value) -> Result<Option<String>, StdioToken
     };
     if let Some(k) = meta
         .keys()
-        .find(|k| k.eq_ignore_ascii_case(TOKEN_META_KEY) && k.as_str() != TOKEN_META_KEY)
+        .find(|k| crate::jsonrpc::is_case_variant(k, TOKEN_META_KEY))
     {
         return Err(StdioTokenError::CaseVariant(k.clone()));
     }

@@ -186,20 +186,31 @@ fn classify(e: serde_json::Error) -> ParseError {
     }
 }
 
-/// True when `key` is not `target` but a reader that folds case would take it for `target`.
-fn is_case_variant(key: &str, target: &str) -> bool {
-    if key == target || key.chars().count() != target.len() {
-        return false;
-    }
-    key.chars().zip(target.chars()).all(|(k, t)| {
-        let k = match k {
-            // Unicode simple folding maps these onto ASCII letters (Go's EqualFold does too).
+/// True when `key` is not `target` but a reader that folds case would take it for `target`
+/// (Go's `encoding/json` matches object keys to struct fields with `EqualFold`).
+pub fn is_case_variant(key: &str, target: &str) -> bool {
+    key != target && fold_eq(key, target)
+}
+
+/// Case-insensitive equality under Unicode simple case folding, including the folds that land on
+/// ASCII letters (`ſ` → `s`, Kelvin sign → `k`), as Go's `strings.EqualFold` does.
+pub fn fold_eq(a: &str, b: &str) -> bool {
+    fn fold(c: char) -> char {
+        match c {
             '\u{017F}' => 's',
             '\u{212A}' => 'k',
-            c => c.to_ascii_lowercase(),
-        };
-        k == t
-    })
+            '\u{212B}' => '\u{E5}',
+            c => c.to_lowercase().next().unwrap_or(c),
+        }
+    }
+    let (mut x, mut y) = (a.chars(), b.chars());
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(p), Some(q)) if fold(p) == fold(q) => {}
+            _ => return false,
+        }
+    }
 }
 
 fn strict_err<E: de::Error>(msg: impl fmt::Display) -> E {

@@ -11,4 +11,7 @@ pub mod message;
 
 pub use error::{ErrorReply, codes};
 pub use frame::{Frame, LineReader, Oversize};
-pub use message::{Kind, Message, Origin, ParseError, StrictValue, parse, parse_value, recover_id};
+pub use message::{
+    Kind, Message, Origin, ParseError, Part, StrictValue, fold_eq, is_case_variant, parse,
+    parse_value, recover_id,
+};

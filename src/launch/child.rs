@@ -1,90 +1,66 @@
-//! A server started without the OS sandbox (`--no-sandbox`): its own process group, so
-//! shutdown reaches every process it started.
+//! The spawned server as the proxy sees it: a sandboxed (or, with `--no-sandbox`, plain)
+//! process tree it can signal and wait for, wired to three pipes.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
 
 use crate::proxy::{ServerExit, ServerProcess};
+use crate::sandbox::{self, SandboxChild, SandboxError, SandboxExit, SandboxSpec};
 
-pub struct PlainChild {
-    pid: u32,
-    child: Mutex<Child>,
-}
-
+/// A running server and the supervisor's ends of its stdio pipes.
 pub struct Spawned {
-    pub child: PlainChild,
-    pub stdin: ChildStdin,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
+    pub child: Arc<SandboxChild>,
+    /// Writes to the server's stdin.
+    pub stdin: File,
+    /// Reads the server's stdout.
+    pub stdout: File,
+    /// Reads the server's stderr.
+    pub stderr: File,
 }
 
-impl PlainChild {
-    pub fn spawn(argv: &[String]) -> std::io::Result<Spawned> {
-        let (prog, args) = argv
-            .split_first()
-            .ok_or_else(|| std::io::Error::other("empty command"))?;
-        let mut child = Command::new(prog)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            let _ = child.kill();
-            return Err(std::io::Error::other("child pipes missing"));
-        };
-        Ok(Spawned {
-            child: PlainChild {
-                pid: child.id(),
-                child: Mutex::new(child),
-            },
-            stdin,
-            stdout,
-            stderr,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    fn signal(&self, sig: Signal) {
-        let _ = killpg(Pid::from_raw(self.pid as i32), sig);
-    }
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
-impl ServerProcess for PlainChild {
+/// Starts `spec` with fresh pipes for its stdio.
+pub fn spawn(spec: &SandboxSpec) -> Result<Spawned, SandboxError> {
+    let pipes = (|| Ok::<_, std::io::Error>((pipe()?, pipe()?, pipe()?)))().map_err(|source| {
+        SandboxError::Supervisor {
+            step: "create the server's stdio pipes",
+            source,
+        }
+    })?;
+    let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = pipes;
+    // The child's ends are moved in and closed here once the server runs.
+    let child = sandbox::spawn(spec, [in_r, out_w, err_w])?;
+    Ok(Spawned {
+        child: Arc::new(child),
+        stdin: File::from(in_w),
+        stdout: File::from(out_r),
+        stderr: File::from(err_r),
+    })
+}
+
+/// `ServerProcess` over a sandbox: signals reach every process of it.
+pub struct ServerTree(pub Arc<SandboxChild>);
+
+impl ServerProcess for ServerTree {
     fn terminate(&self) {
-        self.signal(Signal::SIGTERM);
+        let _ = self.0.signal_all(Signal::SIGTERM);
     }
 
     fn kill(&self) {
-        self.signal(Signal::SIGKILL);
+        let _ = self.0.kill_all();
     }
 
     fn wait(&self) -> std::io::Result<ServerExit> {
-        let status = self
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .wait()?;
-        Ok(match (status.code(), status.signal()) {
-            (Some(c), _) => ServerExit::Code(c),
-            (None, Some(s)) => ServerExit::Signal(s),
-            (None, None) => ServerExit::Code(1),
+        Ok(match self.0.wait()? {
+            SandboxExit::Code(c) => ServerExit::Code(c),
+            SandboxExit::Signal(s) => ServerExit::Signal(s),
         })
-    }
-}
-
-impl Drop for PlainChild {
-    fn drop(&mut self) {
-        self.signal(Signal::SIGKILL);
     }
 }

@@ -5,16 +5,22 @@
 //! Must not parse command-line flags or accept clients; callers hand in [`Options`].
 
 mod child;
+pub mod plan;
+mod identity;
 
+use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::approval::{Approver, DesktopApprover, FatigueLimited, HeadlessApprover, NoApprover};
 use crate::audit::{JsonlSink, MultiSink, Record, Sink, StderrSink};
+use crate::policy::sandbox_config::SandboxConfig;
 use crate::policy::{self, Engine, EvalContext, Policy};
 use crate::proxy::{self, ProxyConfig, ServerExit, SessionHandle, Streams};
 
-pub use child::{PlainChild, Spawned};
+pub use child::{ServerTree, Spawned};
+pub use identity::SignaturePolicy;
 
 /// Which approver answers `action: ask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +54,8 @@ pub struct Options {
     /// Extra read-only and read-write paths for the sandbox (`--allow-read`, `--allow-write`).
     pub allow_read: Vec<PathBuf>,
     pub allow_write: Vec<PathBuf>,
+    /// How the policy's signature is checked.
+    pub signature: SignaturePolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +64,16 @@ pub enum LaunchError {
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
-    #[error("cannot start the server {command:?}")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("no server command given")]
     NoCommand,
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Makes `p` absolute against the current directory (without touching the filesystem).
@@ -112,6 +122,183 @@ pub fn eval_context(policy_path: &Path, audit_path: &Path, server_cwd: &Path) ->
         .with_protected_file(absolute(audit_path))
 }
 
+/// One instance, decided but not started: what `aip run` and each daemon session hand to
+/// [`run_instance`].
+pub struct Instance {
+    pub policy: Arc<Policy>,
+    /// Absolute path of the policy file (protected, hidden from the sandbox, token binding).
+    pub policy_path: PathBuf,
+    pub audit: Arc<dyn Sink>,
+    /// The audit file, if any (protected and hidden like the policy).
+    pub audit_path: Option<PathBuf>,
+    pub command: Vec<OsString>,
+    /// Working directory of the server.
+    pub cwd: PathBuf,
+    /// Environment the planner may pass through (its allowlist decides).
+    pub env: Vec<(OsString, OsString)>,
+    /// `--allow-read/--allow-write/--no-sandbox`.
+    pub overrides: plan::Overrides,
+    /// uid/gid the server runs as when started as root (the daemon's per-session ids).
+    pub user: Option<(u32, u32)>,
+    pub approver: Arc<dyn Approver>,
+    pub proxy: ProxyConfig,
+    /// Async runtime for identity, the validation server and egress (one per process).
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// Start the validation server when `spec.server.enabled` (`aip run` only: daemon sessions
+    /// would fight over the port).
+    pub embedded_server: bool,
+    /// Session id (a fresh UUID when `None`; the token service's when identity is on).
+    pub session_id: Option<String>,
+}
+
+/// The client side of a session.
+pub struct ClientIo {
+    pub input: Box<dyn Read + Send>,
+    pub output: Box<dyn Write + Send>,
+    /// Where the server's stderr goes.
+    pub diagnostics: Box<dyn Write + Send>,
+}
+
+/// Plans the sandbox of `inst`, starts the server, and runs the proxy until the session ends.
+pub fn run_instance(
+    inst: Instance,
+    client: ClientIo,
+    handle: &SessionHandle,
+    signals: bool,
+) -> Result<ServerExit, LaunchError> {
+    let Instance {
+        policy,
+        policy_path,
+        audit,
+        audit_path,
+        command,
+        cwd,
+        env,
+        overrides,
+        user,
+        approver,
+        proxy: proxy_config,
+        runtime,
+        embedded_server,
+        session_id,
+    } = inst;
+    let hash = identity::policy_hash(&policy)?;
+    let mut ctx = EvalContext::new(&cwd)
+        .with_home(std::env::var_os("HOME").map(PathBuf::from))
+        .with_protected_file(&policy_path);
+    if let Some(a) = &audit_path {
+        ctx = ctx.with_protected_file(a);
+    }
+    let engine = Arc::new(Engine::new(Arc::clone(&policy), ctx));
+    let tokens = match &runtime {
+        Some(rt) => identity::token_service(rt, &policy, &policy_path, &hash)?,
+        None if policy.identity().is_some_and(|i| i.enabled) => {
+            return Err(LaunchError::Identity("no runtime for the token service".into()));
+        }
+        None => None,
+    };
+    let session_id = tokens
+        .as_ref()
+        .map(|t| t.session_id())
+        .or(session_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let _server = match (&runtime, embedded_server) {
+        (Some(rt), true) => identity::embedded_server(
+            rt,
+            &policy,
+            Arc::clone(&engine),
+            &hash,
+            tokens.clone(),
+            Arc::clone(&audit),
+        )?,
+        _ => None,
+    };
+
+    // The sandbox: planned from spec.sandbox (or its safe defaults), never showing the policy
+    // or the audit file to the server.
+    let default_config = SandboxConfig::default();
+    let mut hidden = vec![canonical(&policy_path)];
+    hidden.extend(audit_path.as_deref().map(canonical));
+    let input = plan::PlanInput {
+        config: policy.sandbox().unwrap_or(&default_config),
+        command: &command,
+        cwd: &cwd,
+        overrides: &overrides,
+        env: &env,
+        hidden: &hidden,
+    };
+    let mut planned = plan::plan(&input, &plan::RealFs)?;
+    if let Some((uid, gid)) = user {
+        planned.spec.user = crate::sandbox::User { uid, gid };
+    }
+    for note in &planned.notes {
+        match note.level {
+            plan::NoteLevel::Warn => tracing::warn!("{}", note.message),
+            plan::NoteLevel::Info => tracing::debug!("{}", note.message),
+        }
+    }
+    let spawned = child::spawn(&planned.spec)?;
+    let mut start = Record::event("SESSION_START")
+        .with("session_id", session_id.as_str())
+        .with("server", proxy_config.server_name.as_str())
+        .with(
+            "command",
+            command
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        )
+        .with("policy", policy.name())
+        .with("policy_path", policy_path.display().to_string())
+        .with("policy_hash", hash.as_str())
+        .with("policy_mode", engine.mode().as_str())
+        .with("pid", spawned.child.pid())
+        .with("sandbox", spawned.child.report().to_json());
+    if overrides.no_sandbox {
+        start.set("dangerously_no_sandbox", true);
+    }
+    if let Err(e) = audit.write(&start) {
+        let _ = spawned.child.kill_all();
+        return Err(e.into());
+    }
+    let streams = Streams {
+        client_in: client.input,
+        client_out: client.output,
+        server_in: Box::new(spawned.stdin),
+        server_out: Box::new(spawned.stdout),
+        server_err: Some(Box::new(spawned.stderr)),
+        diagnostics: client.diagnostics,
+    };
+    let identity = match (&tokens, &runtime) {
+        (Some(t), Some(rt)) => Some(proxy::Identity {
+            tokens: Arc::clone(t),
+            require_token: policy.identity().is_some_and(|i| i.require_token),
+            runtime: rt.clone(),
+        }),
+        _ => None,
+    };
+    let session = proxy::Session {
+        config: proxy_config,
+        engine,
+        audit: Arc::clone(&audit),
+        approver,
+        session_id: session_id.clone(),
+        identity,
+    };
+    let server = Arc::new(child::ServerTree(Arc::clone(&spawned.child)));
+    let status = proxy::run(session, streams, server, handle, signals);
+    let _ = audit.write(
+        &Record::event("SESSION_END")
+            .with("session_id", session_id.as_str())
+            .with("exit", exit_json(status)),
+    );
+    Ok(status)
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
+}
+
 /// Runs one instance on this process's stdin/stdout; returns the exit code for the process.
 pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
     if opts.command.is_empty() {
@@ -129,53 +316,90 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
     } else {
         Arc::new(jsonl)
     };
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let engine = Arc::new(Engine::new(
-        Arc::clone(&policy),
-        eval_context(&policy_path, &audit_path, &cwd),
-    ));
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let approver = build_approver(opts.approver, opts.approval_prompts_per_minute);
-
-    let spawned = PlainChild::spawn(&opts.command).map_err(|source| LaunchError::Spawn {
-        command: opts.command.join(" "),
-        source,
-    })?;
-    audit.write(
-        &Record::event("SESSION_START")
-            .with("session_id", session_id.as_str())
-            .with("server", opts.proxy.server_name.as_str())
-            .with("command", opts.command.clone())
-            .with("policy", policy.name())
-            .with("policy_path", policy_path.display().to_string())
-            .with("policy_mode", engine.mode().as_str())
-            .with("pid", spawned.child.pid())
-            .with("sandbox", serde_json::json!({"enabled": false, "reason": "sandbox layer not built in this version"})),
-    )?;
-
-    let streams = Streams {
-        client_in: Box::new(std::io::stdin()),
-        client_out: Box::new(std::io::stdout()),
-        server_in: Box::new(spawned.stdin),
-        server_out: Box::new(spawned.stdout),
-        server_err: Some(Box::new(spawned.stderr)),
+    if let Err(reason) = identity::check_signature(&policy, &opts.signature) {
+        audit.write(
+            &Record::event("POLICY_SIGNATURE_INVALID")
+                .with("policy_path", policy_path.display().to_string())
+                .with("reason", reason.as_str()),
+        )?;
+        tracing::error!(policy = %policy_path.display(), %reason, "policy signature check failed; the server is not started");
+        refuse_all(&policy_path, &reason);
+        return Ok(2);
+    }
+    if opts.no_sandbox {
+        tracing::warn!("--no-sandbox: the server runs with your privileges, unconfined (audited)");
+    }
+    let needs_runtime = policy.identity().is_some_and(|i| i.enabled)
+        || policy.server().is_some_and(|s| s.enabled)
+        || policy.egress().is_some();
+    let runtime = if needs_runtime {
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("aip-rt")
+                .enable_all()
+                .build()
+                .map_err(LaunchError::Runtime)?,
+        )
+    } else {
+        None
+    };
+    let inst = Instance {
+        policy,
+        policy_path,
+        audit,
+        audit_path: Some(audit_path),
+        command: opts.command.iter().map(OsString::from).collect(),
+        cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        env: std::env::vars_os().collect(),
+        overrides: plan::Overrides {
+            allow_read: opts.allow_read.clone(),
+            allow_write: opts.allow_write.clone(),
+            no_sandbox: opts.no_sandbox,
+        },
+        user: None,
+        approver: build_approver(opts.approver, opts.approval_prompts_per_minute),
+        proxy: opts.proxy.clone(),
+        runtime: runtime.as_ref().map(|r| r.handle().clone()),
+        embedded_server: true,
+        session_id: None,
+    };
+    let client = ClientIo {
+        input: Box::new(std::io::stdin()),
+        output: Box::new(std::io::stdout()),
         diagnostics: Box::new(std::io::stderr()),
     };
-    let session = proxy::Session {
-        config: opts.proxy.clone(),
-        engine,
-        audit: Arc::clone(&audit),
-        approver,
-        session_id: session_id.clone(),
-    };
-    let handle = SessionHandle::new();
-    let status = proxy::run(session, streams, Arc::new(spawned.child), &handle, true);
-    let _ = audit.write(
-        &Record::event("SESSION_END")
-            .with("session_id", session_id.as_str())
-            .with("exit", exit_json(status)),
-    );
+    let status = run_instance(inst, client, &SessionHandle::new(), true)?;
     Ok(status.exit_code())
+}
+
+/// The policy cannot be used: answer every request of the client with -32010 until it goes.
+fn refuse_all(policy_path: &Path, reason: &str) {
+    use std::io::Write;
+    let err = crate::jsonrpc::ErrorReply::new(
+        crate::jsonrpc::codes::POLICY_SIGNATURE_INVALID,
+        "Policy signature invalid",
+        Some(serde_json::json!({"policy": policy_path.display().to_string(), "reason": reason})),
+    );
+    let mut reader = crate::jsonrpc::LineReader::new(std::io::stdin(), 4 * 1024 * 1024);
+    let mut out = std::io::stdout();
+    while let Ok(Some(frame)) = reader.next_frame() {
+        let crate::jsonrpc::Frame::Line(line) = frame else {
+            continue;
+        };
+        let id = crate::jsonrpc::parse(line, crate::jsonrpc::Origin::Client)
+            .ok()
+            .filter(|m| m.kind == crate::jsonrpc::Kind::Request)
+            .and_then(|m| m.id_text().map(str::to_owned));
+        if let Some(id) = id
+            && out
+                .write_all(&err.to_line(Some(&id)))
+                .and_then(|()| out.flush())
+                .is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn exit_json(status: ServerExit) -> serde_json::Value {

@@ -16,9 +16,23 @@ use super::model::ToolRule;
 /// Why arguments failed a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ArgFailure {
-    Missing { arg: String, pattern: String },
-    Mismatch { arg: String, pattern: String },
-    Undeclared { arg: String },
+    Missing {
+        arg: String,
+        pattern: String,
+    },
+    Mismatch {
+        arg: String,
+        pattern: String,
+    },
+    Undeclared {
+        arg: String,
+    },
+    /// Another key differs from a declared argument only by case: a server that matches keys
+    /// case-insensitively (Go's `encoding/json`) could use the unchecked one.
+    Ambiguous {
+        arg: String,
+        other: String,
+    },
     NotAnObject,
 }
 
@@ -97,6 +111,15 @@ pub(crate) fn check(rule: &ToolRule, args: Option<&Value>) -> Result<(), ArgFail
         }
     };
     for a in &rule.allow_args {
+        if let Some(other) = map.and_then(|m| {
+            m.keys()
+                .find(|k| crate::jsonrpc::is_case_variant(k, &a.name))
+        }) {
+            return Err(ArgFailure::Ambiguous {
+                arg: a.name.clone(),
+                other: other.clone(),
+            });
+        }
         let Some(v) = map.and_then(|m| m.get(&a.name)) else {
             return Err(ArgFailure::Missing {
                 arg: a.name.clone(),
@@ -126,6 +149,37 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    fn rule(yaml_args: &[(&str, &str)]) -> ToolRule {
+        let args: String = yaml_args
+            .iter()
+            .map(|(k, v)| format!("        {k}: '{v}'\n"))
+            .collect();
+        let text = format!(
+            "apiVersion: aip.io/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: t\nspec:\n  tool_rules:\n    - tool: fetch\n      allow_args:\n{args}"
+        );
+        let p = crate::policy::load_str(&text, "t.yaml").unwrap();
+        p.rule("fetch").unwrap().clone()
+    }
+
+    #[test]
+    fn a_case_variant_of_a_checked_argument_is_refused() {
+        let r = rule(&[("url", "^https://github\\.com/")]);
+        assert!(check(&r, Some(&json!({"url": "https://github.com/x"}))).is_ok());
+        for evil in ["URL", "Url", "urL"] {
+            let args = json!({"url": "https://github.com/x", evil: "https://evil.example"});
+            assert!(
+                matches!(check(&r, Some(&args)), Err(ArgFailure::Ambiguous { .. })),
+                "{evil}"
+            );
+        }
+        let r = rule(&[("assets", "^[a-z]+$")]);
+        let args = json!({"assets": "ok", "aſſets": "../../etc"});
+        assert!(matches!(
+            check(&r, Some(&args)),
+            Err(ArgFailure::Ambiguous { .. })
+        ));
+    }
 
     #[test]
     fn string_conversion_follows_the_spec() {

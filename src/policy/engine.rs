@@ -505,6 +505,12 @@ fn describe(f: &ArgFailure) -> (String, Option<String>, String, VerdictKind) {
             "strict_args".into(),
             VerdictKind::UndeclaredArgument,
         ),
+        ArgFailure::Ambiguous { arg, other } => (
+            format!("Argument '{other}' differs from the checked argument '{arg}' only by case"),
+            Some(other.clone()),
+            format!("allow_args.{arg}"),
+            VerdictKind::AmbiguousArgument,
+        ),
         ArgFailure::NotAnObject => (
             "Tool arguments must be an object".into(),
             None,

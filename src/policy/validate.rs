@@ -393,10 +393,9 @@ fn spec(c: &mut Checker<'_>, raw: &RawSpec, agent: &str) -> Checked<Spec> {
     })
 }
 
-/// MERGE: replace the body with `cfg.validate()` once `SandboxConfig::validate` exists
-/// (owned by the sandbox work). It returns (field path relative to `spec.sandbox`, message).
-fn sandbox_validate(_cfg: &super::sandbox_config::SandboxConfig) -> Result<(), (String, String)> {
-    Ok(())
+/// (field path relative to `spec.sandbox`, message).
+fn sandbox_validate(cfg: &super::sandbox_config::SandboxConfig) -> Result<(), (String, String)> {
+    cfg.validate()
 }
 
 /// MERGE: replace the body with `cfg.validate()` once `EgressConfig::validate` exists

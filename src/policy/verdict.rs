@@ -112,6 +112,9 @@ pub enum VerdictKind {
     UndeclaredArgument,
     /// `arguments` is not an object while the rule constrains arguments.
     ArgumentsNotObject,
+    /// A key that differs from a checked argument only by case (a case-insensitive server
+    /// could read it instead of the checked one).
+    AmbiguousArgument,
     ProtectedPath,
     RateLimited,
     /// `action: ask`, waiting for the human.
@@ -137,6 +140,7 @@ impl VerdictKind {
             VerdictKind::ArgumentMissing => "argument_missing",
             VerdictKind::UndeclaredArgument => "undeclared_argument",
             VerdictKind::ArgumentsNotObject => "arguments_not_object",
+            VerdictKind::AmbiguousArgument => "ambiguous_argument",
             VerdictKind::ProtectedPath => "protected_path",
             VerdictKind::RateLimited => "rate_limited",
             VerdictKind::ApprovalRequired => "approval_required",

@@ -49,6 +49,8 @@ pub(super) struct CallOutcome {
     pub reason: Option<String>,
     pub kind: &'static str,
     pub verdict: ToolVerdict,
+    /// Id (nonce) of the identity token the call presented, for the audit record.
+    pub token_id: Option<String>,
 }
 
 impl CallOutcome {
@@ -85,7 +87,30 @@ impl CallOutcome {
             kind: v.kind.as_str(),
             action,
             verdict: v,
+            token_id: None,
         }
+    }
+
+    /// Turns an allowed (or to-be-asked) call into a refusal found outside the engine (listed
+    /// tools, schema hash). In monitor mode a refusal that is not `always` is recorded as a
+    /// violation and the call still goes through.
+    pub fn refuse(&mut self, engine: &Engine, r: super::tools::Refusal, enforcing: bool) {
+        self.violation = true;
+        self.reason = Some(r.reason);
+        if !enforcing && !r.always {
+            if matches!(self.action, CallAction::Forward) {
+                self.audit_decision = "ALLOW_MONITOR";
+            }
+            return;
+        }
+        engine.refund(&self.verdict);
+        self.kind = if r.error.code == crate::jsonrpc::codes::SCHEMA_MISMATCH {
+            "schema_mismatch"
+        } else {
+            "tool_not_listed"
+        };
+        self.audit_decision = "BLOCK";
+        self.action = CallAction::Deny(r.error);
     }
 
     pub fn error_code(&self) -> Option<i64> {

@@ -138,8 +138,8 @@ pub(super) fn redact_text(sh: &Shared, text: &str) -> String {
     }
 }
 
-/// Serializes a message we changed, as one line with its newline. The id is copied as the exact
-/// text the peer sent.
+/// Serializes a message we changed, as one line without its newline. The id is copied as the
+/// exact text the peer sent; parts nobody decoded are copied as received.
 pub(super) fn serialize(msg: &Message) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(br#"{"jsonrpc":"2.0""#);
@@ -161,6 +161,6 @@ pub(super) fn serialize(msg: &Message) -> Vec<u8> {
             v.write_json(&mut out);
         }
     }
-    out.extend_from_slice(b"}\n");
+    out.push(b'}');
     out
 }

@@ -173,6 +173,7 @@ fn handle_response(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
     }
     if changed {
         batch.forward.extend_from_slice(&dlp::serialize(&msg));
+        batch.forward.push(b'\n');
     } else {
         batch.forward.extend_from_slice(line);
         batch.forward.push(b'\n');
@@ -190,6 +191,7 @@ fn forward_scanned(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
             .records
             .extend(records::dlp_response(sh, msg.id_text(), None, &hits));
         batch.forward.extend_from_slice(&dlp::serialize(&msg));
+        batch.forward.push(b'\n');
     }
 }
 

@@ -13,6 +13,7 @@ mod approval;
 mod decide;
 mod dlp;
 mod downstream;
+mod identity;
 mod lifecycle;
 mod output;
 mod pending;
@@ -31,6 +32,7 @@ pub use crate::audit::Direction;
 use crate::audit::Sink;
 use crate::policy::Engine;
 
+pub use identity::Identity;
 pub use lifecycle::Event;
 use lifecycle::Shutdown;
 use output::Output;
@@ -120,6 +122,8 @@ pub struct Session {
     pub audit: Arc<dyn Sink>,
     pub approver: Arc<dyn Approver>,
     pub session_id: String,
+    /// Identity tokens (`spec.identity.enabled`).
+    pub identity: Option<Identity>,
 }
 
 /// Live view of a session for other components (egress audit asks which call is in flight).
@@ -193,6 +197,7 @@ pub(crate) struct Shared {
     audit: Arc<dyn Sink>,
     approver: Arc<dyn Approver>,
     session_id: String,
+    identity: Option<Identity>,
     to_server: Output,
     to_client: Output,
     stderr: Mutex<Box<dyn Write + Send>>,
@@ -259,6 +264,7 @@ pub fn run(
         audit: session.audit,
         approver: session.approver,
         session_id: session.session_id,
+        identity: session.identity,
     });
     *handle.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&sh));
 

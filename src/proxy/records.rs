@@ -87,6 +87,7 @@ pub(super) fn call_decision(
         .with_opt("error_code", out.error_code())
         .with_opt("reason", out.reason.clone())
         .with("verdict", out.kind)
+        .with_opt("token_id", out.token_id.clone())
 }
 
 pub(super) fn rejected(sh: &Shared, id_text: Option<&str>, reason: &str, code: i64) -> Record {

@@ -187,6 +187,23 @@ fn reject_unparsed(sh: &Shared, line: &[u8], code: i64, reason: &str, batch: &mu
 
 fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batch) {
     let gate = MethodOutcome::of(&sh.engine, msg.method.as_deref().unwrap_or_default());
+    // `aip/token` is answered here (identity sessions only), whatever allowed_methods says.
+    if let Some(identity) = sh.identity.as_ref()
+        && gate.normalized == crate::identity::TOKEN_METHOD
+    {
+        if let Some(id_text) = msg.id_text() {
+            let (reply, recs) = super::identity::answer_token_request(sh, identity, id_text);
+            batch.records.push(records::method_decision(
+                sh,
+                Some(id_text),
+                &gate.raw,
+                &gate,
+            ));
+            batch.records.extend(recs);
+            batch.replies.extend_from_slice(&reply);
+        }
+        return;
+    }
     // Only these two need to look inside params; everything else is forwarded as received.
     if matches!(
         gate.normalized.as_str(),
@@ -195,32 +212,62 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batc
     {
         return reject_unparsed(sh, line, e.code, &e.reason, batch);
     }
-    let raw_method = gate.raw.as_str();
-    let id = msg.id.as_deref();
-    let id_text = msg.id_text();
     if let Some(err) = &gate.denied {
+        let id_text = msg.id_text();
         batch
             .records
-            .push(records::method_decision(sh, id_text, raw_method, &gate));
+            .push(records::method_decision(sh, id_text, &gate.raw, &gate));
         if let Some(id) = id_text {
             batch.reply(Some(id), err);
         }
         return;
     }
+    // An identity token is never forwarded, whatever the method.
+    let mut token = None;
+    let mut changed = false;
+    if sh.identity.is_some() {
+        let tool = tool_name(&msg);
+        match super::identity::strip(&mut msg, &tool) {
+            Ok((t, c)) => (token, changed) = (t, c),
+            Err(err) => {
+                let id_text = msg.id_text();
+                batch.records.push(records::rejected(
+                    sh,
+                    id_text,
+                    "malformed identity token field",
+                    err.code,
+                ));
+                if let Some(id) = id_text {
+                    batch.reply(Some(id), &err);
+                }
+                return;
+            }
+        }
+    }
+    let rebuilt;
+    let line = if changed {
+        rebuilt = super::dlp::serialize(&msg);
+        rebuilt.as_slice()
+    } else {
+        line
+    };
+    let id = msg.id.as_deref();
+    let id_text = msg.id_text();
     match gate.normalized.as_str() {
-        "tools/call" => return handle_tool_call(sh, line, &msg, &gate, batch),
+        "tools/call" => return handle_tool_call(sh, line, &msg, &gate, token, batch),
         // The server never saw a call still waiting for a human: its cancellation ends here.
         "notifications/cancelled" if cancel_waiting_approval(sh, msg.params_value()) => {
             batch
                 .records
-                .push(records::method_decision(sh, id_text, raw_method, &gate));
+                .push(records::method_decision(sh, id_text, &gate.raw, &gate));
             return;
         }
+        "tools/list" => super::tools::listing_started(sh, msg.params.as_ref().map(|p| p.raw())),
         _ => {}
     }
     batch
         .records
-        .push(records::method_decision(sh, id_text, raw_method, &gate));
+        .push(records::method_decision(sh, id_text, &gate.raw, &gate));
     if let Some(id) = id
         && let Err(why) = sh.pending().insert_client(id, &gate.normalized, None, None)
     {
@@ -228,6 +275,15 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batc
         return;
     }
     batch.forward(line, id_text);
+}
+
+/// The normalized tool name of a tools/call (for error data), or "" for other methods.
+fn tool_name(msg: &Message) -> String {
+    msg.params_value()
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .map(|n| crate::policy::normalize(n).into_owned())
+        .unwrap_or_default()
 }
 
 fn refused_error(why: Refused) -> ErrorReply {
@@ -267,6 +323,7 @@ fn handle_tool_call(
     line: &[u8],
     msg: &Message,
     gate: &MethodOutcome,
+    token: Option<String>,
     batch: &mut Batch,
 ) {
     let id_text = msg.id_text();
@@ -298,7 +355,27 @@ fn handle_tool_call(
         );
         return;
     };
-    let outcome = CallOutcome::of(&sh.engine, name, arguments);
+    // Step 0 (v1alpha2): the identity token, before any other check.
+    let mut token_id = None;
+    if let Some(identity) = sh.identity.as_ref() {
+        let tool = crate::policy::normalize(name);
+        match super::identity::check_token(sh, identity, tool.as_ref(), token.as_deref()) {
+            super::identity::TokenStep::Pass { token_id: t } => token_id = t,
+            super::identity::TokenStep::Refuse { error, record } => {
+                batch.records.push(record);
+                batch.reply(id_text, &error);
+                return;
+            }
+        }
+    }
+    let mut outcome = CallOutcome::of(&sh.engine, name, arguments);
+    outcome.token_id = token_id;
+    // The listed tools and schema_hash (after the allowlist, before asking a human).
+    if !matches!(outcome.action, super::decide::CallAction::Deny(_))
+        && let Some(refusal) = super::tools::check_call(sh, name, &outcome.tool)
+    {
+        outcome.refuse(&sh.engine, refusal, sh.enforcing());
+    }
     match outcome.action {
         super::decide::CallAction::Deny(ref err) => {
             batch.records.push(records::call_decision(

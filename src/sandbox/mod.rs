@@ -1,5 +1,94 @@
-//! The OS sandbox: namespaces, a tmpfs root assembled from an allowlist, Landlock, seccomp,
-//! capabilities, cgroups and a reaper. `SandboxSpec` is plain data; `spawn` applies the layers in a
-//! documented order and reports which are in force.
+//! The OS sandbox: every wrapped MCP server runs in fresh namespaces, on a tmpfs root assembled
+//! from an allowlist, under Landlock and a default-deny seccomp allowlist, without capabilities,
+//! with a reaper as pid 1, and dies with its supervisor. [`SandboxSpec`] is plain data (built by
+//! `launch::plan`); [`spawn`] applies the layers in the order below and returns a
+//! [`SandboxChild`] whose [`LayerReport`] says which layers are in force. This module never
+//! reads policy files and never decides what to allow.
+//!
+//! # Shape and why
+//! A sandbox costs three short-lived forks and leaves two processes: the reaper and the server.
+//! 1. **Supervisor, before forking** (`prepare`): validate the spec, check the Landlock floor
+//!    against the kernel, pick cgroup v2 or rlimits (and create the cgroup), compile the seccomp
+//!    filters (once per process), build the `execve` strings. Refusals happen here.
+//! 2. **Spawner thread** (`supervise`): a dedicated long-lived thread forks through glibc, so
+//!    malloc keeps working in the child of our multi-threaded process, and the parent-death
+//!    signal (tied to the forking *thread*) only fires when the supervisor process dies.
+//! 3. **First setup process** (`setup::first`): parent-death signal, close every inherited fd,
+//!    enter the cgroup, create the user namespace first when not root (own uid/gid mapped),
+//!    unshare mount, pid, net (or join one made ahead by `netpool`), ipc, uts and cgroup
+//!    namespaces, set the host name, bring up the
+//!    network namespace (`net::setup_in_netns`: `lo`, capture routes, egress listeners, whose
+//!    fds go to the supervisor over `SCM_RIGHTS`), then `clone(CLONE_PARENT)` the reaper so it is
+//!    the supervisor's own child (no waiting intermediate process) and exit.
+//! 4. **Reaper, pid 1 inside** (`setup::reaper_process`, `mounts`, `reaper`): arms its
+//!    parent-death signal and checks the supervisor's end of the control socket is still open
+//!    (closing the race), builds the root: private propagation,
+//!    binds opened with `openat2(RESOLVE_NO_SYMLINKS)` and made read-only/nosuid/nodev/noexec
+//!    while detached, fresh `/proc` (`hidepid=invisible`), minimal `/dev`, private `/tmp` and
+//!    `/dev/shm`, generated `/etc` files, then `pivot_root` and detach the host tree; forks the
+//!    server, keeps only `CAP_KILL`, and reaps and forwards signals until the server exits.
+//! 5. **Server** (`setup::server_steps`): `setsid`, stdio on 0-2 and every other fd
+//!    close-on-exec, cwd, rlimits (`RLIMIT_CORE=0`…), the Landlock ruleset (built while paths
+//!    can still be opened), securebits locked, all capability sets emptied, uid/gid switch,
+//!    `no_new_privs`, Landlock enforced, the seccomp filter last (kill on foreign arch/x32,
+//!    ENOSYS for clone3/io_uring, allowlist, EPERM), signal mask cleared, `execve`.
+//!
+//! Each step reports to the supervisor over a close-on-exec pipe; the end of that pipe after the
+//! "ready" frame means the server runs, a failure frame names the layer and step, so `spawn`
+//! fails synchronously with the reason.
+//!
+//! Killing the reaper kills the pid namespace: that is how `kill_all`, drop and the supervisor's
+//! death (even `SIGKILL`, through the reaper's parent-death signal) take every process with them.
 
 pub mod net;
+
+mod cgroup;
+mod error;
+pub mod features;
+mod handle;
+pub mod landlock;
+mod mounts;
+mod namespaces;
+mod netpool;
+mod prepare;
+mod privileges;
+pub mod probe;
+mod protocol;
+mod reaper;
+mod report;
+mod resources;
+pub mod seccomp;
+mod setup;
+mod spec;
+mod supervise;
+mod sys;
+
+use std::os::fd::OwnedFd;
+
+pub use error::{SandboxError, SetupFailure};
+pub use handle::{SandboxChild, SandboxExit};
+pub use report::{
+    CapabilitiesReport, FilesystemReport, LandlockReport, LayerReport, LayerStatus,
+    LifecycleReport, NamespacesReport, NetworkReport, ResourcesReport, SeccompReport,
+};
+pub use spec::{
+    Access, CpuLimit, GeneratedFile, LandlockSpec, Layer, Limit, Mount, MountKind, Resources,
+    SandboxSpec, SeccompProfile, Symlink, User,
+};
+
+/// Keeps up to `size` fresh network namespaces ready so spawns skip creating one (about a
+/// millisecond). For long-lived root supervisors (aipd); returns `false`, changing nothing, when
+/// not running as root. Each namespace is used by exactly one sandbox.
+pub fn prewarm_network_namespaces(size: usize) -> bool {
+    netpool::enable(size)
+}
+
+/// Starts the command of `spec` in a new sandbox with `stdio` as its stdin, stdout and stderr.
+///
+/// Blocks until the server has been exec'd (about a millisecond) or a layer failed; the error then
+/// names the layer and the rule. May be called from any thread, including async runtimes'
+/// worker threads (the fork itself happens on a dedicated spawner thread).
+pub fn spawn(spec: &SandboxSpec, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
+    let prepared = prepare::prepare(spec)?;
+    supervise::on_spawner_thread(prepared, stdio)
+}

@@ -615,3 +615,52 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_bearer() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            bearer(&m)
+        };
+        assert_eq!(h("Bearer abc"), Some("abc".into()));
+        assert_eq!(h("bearer  abc "), Some("abc".into()));
+        assert_eq!(h("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(h("Bearer "), None);
+        assert_eq!(h("Bearerabc"), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn test_violations_shapes() {
+        let p = Arc::new(
+            policy::load_str(
+                "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {name: v}\nspec:\n  allowed_tools: [w]\n  tool_rules:\n    - tool: w\n      allow_args: {path: \"^/ok/.*\"}\n  protected_paths: [/etc/shadow]\n",
+                "t",
+            )
+            .unwrap(),
+        );
+        let e = policy::Engine::new(
+            p,
+            policy::EvalContext::new("/").with_symlink_resolution(false),
+        );
+        let v = e.check_tool_call("w", Some(&json!({"path": "/bad"})));
+        assert_eq!(
+            violations_of(&v),
+            vec![
+                json!({"type": "argument_validation", "field": "path", "message": "Value does not match pattern: ^/ok/.*"})
+            ]
+        );
+        let v = e.check_tool_call("w", Some(&json!({"path": "/etc/shadow"})));
+        assert_eq!(violations_of(&v)[0]["type"], "protected_path");
+        assert_eq!(violations_of(&v)[0]["field"], "path");
+        let v = e.check_tool_call("x", Some(&json!({})));
+        assert_eq!(violations_of(&v)[0]["type"], "tool_not_allowed");
+        let v = e.check_tool_call("w", Some(&json!({"path": "/ok/1"})));
+        assert!(violations_of(&v).is_empty());
+    }
+}

@@ -11,9 +11,9 @@ use crate::identity::{
 };
 use crate::policy;
 
-use super::client::{FailOpenConstraints, FailoverMode};
+use super::client::{FailOpenConstraints, FailoverMode, RemoteConfig};
 use super::listener::ConnectionLimits;
-use super::tls::TlsFiles;
+use super::tls::{ClientTlsFiles, TlsFiles};
 
 /// Paths of the five endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +231,53 @@ pub fn failover_mode(server: &policy::ServerConfig) -> FailoverMode {
             ))
         }
     }
+}
+
+/// Environment variable naming the remote validation server (full URL of its validate endpoint).
+pub const ENV_VALIDATION_SERVER: &str = "AIP_VALIDATION_SERVER";
+/// PEM CA bundle trusted for the remote validation server.
+pub const ENV_VALIDATION_CA: &str = "AIP_VALIDATION_CA";
+/// Client certificate and key (PEM) for mTLS to the remote validation server.
+pub const ENV_VALIDATION_CLIENT_CERT: &str = "AIP_VALIDATION_CLIENT_CERT";
+pub const ENV_VALIDATION_CLIENT_KEY: &str = "AIP_VALIDATION_CLIENT_KEY";
+
+/// The remote-validation client configuration of a supervisor: the URL from `url` (a flag) or
+/// `$AIP_VALIDATION_SERVER` (`None` when neither is set: validate locally), TLS files from
+/// `$AIP_VALIDATION_CA` / `$AIP_VALIDATION_CLIENT_CERT` / `$AIP_VALIDATION_CLIENT_KEY`, and
+/// `timeout` / `failover_mode` / `fail_open_constraints` from `spec.server` (defaults when
+/// the policy has none).
+pub fn remote_config(
+    url: Option<&str>,
+    server: Option<&policy::ServerConfig>,
+) -> Result<Option<RemoteConfig>, SettingsError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let Some(url) = url
+        .map(str::to_string)
+        .or_else(|| env(ENV_VALIDATION_SERVER))
+    else {
+        return Ok(None);
+    };
+    let client_cert = match (
+        env(ENV_VALIDATION_CLIENT_CERT),
+        env(ENV_VALIDATION_CLIENT_KEY),
+    ) {
+        (Some(c), Some(k)) => Some((c.into(), k.into())),
+        (None, None) => None,
+        _ => {
+            return Err(SettingsError::Unsupported(format!(
+                "{ENV_VALIDATION_CLIENT_CERT} and {ENV_VALIDATION_CLIENT_KEY} go together"
+            )));
+        }
+    };
+    Ok(Some(RemoteConfig {
+        url,
+        tls: ClientTlsFiles {
+            ca: env(ENV_VALIDATION_CA).map(Into::into),
+            client_cert,
+        },
+        timeout: server.map_or(Duration::from_secs(5), |s| s.timeout),
+        failover: server.map_or(FailoverMode::FailClosed, failover_mode),
+    }))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub use client::{
 };
 pub use config::{
     EndpointPaths, ServerSettings, SettingsError, failover_mode, identity_config, listen_addr,
+    remote_config,
 };
 pub use listener::ConnectionLimits;
 pub use tls::{ClientTlsFiles, TlsError, TlsFiles};

@@ -189,6 +189,13 @@ fn policy_sign_refuses_unsafe_edits_and_leaves_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("block style"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(d.join("f.yaml")).unwrap(), flow);
+    // A policy the loader refuses is not signed.
+    let typo = "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata:\n  name: typo\nspec:\n  allowed_toolz: []\n";
+    std::fs::write(d.join("typo.yaml"), typo).unwrap();
+    let o = aip(&["policy", "sign", "--key", "k.key", "typo.yaml"], d);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("allowed_toolz"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(d.join("typo.yaml")).unwrap(), typo);
     std::fs::write(d.join("bad.yaml"), "metadata:\n  name: [unclosed\n").unwrap();
     assert_eq!(
         aip(&["policy", "sign", "--key", "k.key", "bad.yaml"], d)

@@ -672,3 +672,183 @@ fn drop_in_flags_split_target_like_a_shell() {
     assert!(Path::new(args[3]).is_absolute());
     assert_eq!(&args[4..6], ["--target", "npx server --flag"]);
 }
+
+/// Writes a policy file into the run's own temporary directory.
+fn policy_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn identity_tokens_travel_in_meta_are_single_use_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(
+        dir.path(),
+        "id.yaml",
+        "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {name: id-test}\nspec:\n  allowed_tools: [echo]\n  identity:\n    enabled: true\n    require_token: true\n",
+    );
+    let mut r = start_with(&policy, &[], &[]);
+    let reply = r.drv.call(&call(json!(1), "echo", json!({"text": "x"})));
+    assert_eq!(reply["error"]["code"], -32008, "{reply}");
+    assert_eq!(reply["error"]["message"], "Token required");
+
+    let reply = r
+        .drv
+        .call(r#"{"jsonrpc":"2.0","id":2,"method":"aip/token"}"#);
+    let token = reply["result"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    assert_eq!(token.split('.').count(), 3, "a compact JWS");
+
+    let with_token = |id: i64, t: &Value| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+            "name":"echo","arguments":{"text":"y"},"_meta":{"aip.io/token": t}}})
+        .to_string()
+    };
+    let reply = r.drv.call(&with_token(3, &json!(token)));
+    assert!(reply["result"].is_object(), "{reply}");
+    // Replayed: refused.
+    let reply = r.drv.call(&with_token(4, &json!(token)));
+    assert_eq!(reply["error"]["code"], -32009, "{reply}");
+    assert_eq!(reply["error"]["data"]["token_error"], "replay_detected");
+    // Not a string: refused as malformed, never forwarded.
+    let reply = r.drv.call(&with_token(5, &json!(5)));
+    assert_eq!(reply["error"]["data"]["token_error"], "malformed");
+    // The server saw exactly one call, without the token or an empty _meta.
+    let got = r.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0]["params"],
+        json!({"name":"echo","arguments":{"text":"y"}})
+    );
+    assert!(!r.received_raw().contains(&token));
+    let recs = audit_records(&r.audit());
+    assert!(recs.iter().any(|x| x["event"] == "TOKEN_ISSUED"));
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "TOKEN_VALIDATION_FAILED" && x["error"] == "replay_detected")
+    );
+    assert!(
+        !std::fs::read_to_string(r.audit()).unwrap().contains(&token),
+        "token logged"
+    );
+}
+
+fn mock_schema_hash(tool: &str) -> String {
+    let out = Command::new(aip_bin())
+        .args(["schema-hash", "--json", "--"])
+        .arg(mock_server())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tool"] == tool)
+        .and_then(|t| t["schema_hash"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn schema_hash_pins_a_tool_and_a_rug_pull_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = mock_schema_hash("echo");
+    let policy = policy_file(
+        dir.path(),
+        "pin.yaml",
+        &format!(
+            "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {{name: pin-test}}\nspec:\n  allowed_tools: [echo, rug_pull, ghost]\n  tool_rules:\n    - tool: echo\n      schema_hash: \"{hash}\"\n"
+        ),
+    );
+    let mut r = start_with(&policy, &[], &[]);
+    // Not listed yet: a pinned tool cannot be checked, so it is refused.
+    let reply = r.drv.call(&call(json!(1), "echo", json!({})));
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    r.drv
+        .call(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
+    let reply = r.drv.call(&call(json!(3), "echo", json!({})));
+    assert!(reply["result"].is_object(), "{reply}");
+    // Allowed by the policy but never listed by the server: refused.
+    let reply = r.drv.call(&call(json!(4), "ghost", json!({})));
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert!(
+        reply["error"]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tools/list")
+    );
+    // The server changes echo's description, then lists again.
+    r.drv.send(&call(json!(5), "rug_pull", json!({})));
+    loop {
+        if r.drv.recv()["id"] == 5 {
+            break;
+        }
+    }
+    r.drv
+        .call(r#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#);
+    let reply = r.drv.call(&call(json!(7), "echo", json!({})));
+    assert_eq!(reply["error"]["code"], -32013, "{reply}");
+    assert_eq!(reply["error"]["data"]["expected_hash"], hash.as_str());
+    assert_ne!(reply["error"]["data"]["actual_hash"], hash.as_str());
+    let recs = audit_records(&r.audit());
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "TOOL_DEFINITION_CHANGED" && x["tool"] == "echo")
+    );
+}
+
+#[test]
+fn a_policy_with_a_bad_signature_is_refused_with_32010() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(aip_bin())
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["policy", "keygen", "signer"]);
+    let policy = policy_file(
+        dir.path(),
+        "signed.yaml",
+        "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata:\n  name: signed\nspec:\n  allowed_tools: [echo]\n",
+    );
+    let (private, public) = (dir.path().join("signer.key"), dir.path().join("signer.pub"));
+    run(&[
+        "policy",
+        "sign",
+        "--key",
+        private.to_str().unwrap(),
+        policy.to_str().unwrap(),
+    ]);
+    let pubkey = public.to_str().unwrap().to_owned();
+    // Verified: the session works.
+    let mut r = start_with(&policy, &["--policy-pubkey", &pubkey], &[]);
+    assert!(r.drv.call(&call(json!(1), "echo", json!({})))["result"].is_object());
+    drop(r);
+    // Tampered: every request gets -32010 and the server never starts.
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("[echo]", "[echo, delete_file]");
+    std::fs::write(&policy, text).unwrap();
+    let mut r = start_with(&policy, &["--policy-pubkey", &pubkey], &[]);
+    let reply = r.drv.call(&call(json!(1), "echo", json!({})));
+    assert_eq!(reply["error"]["code"], -32010, "{reply}");
+    assert_eq!(reply["error"]["message"], "Policy signature invalid");
+    r.drv.close_stdin();
+    assert_eq!(r.drv.wait(Duration::from_secs(10)).code(), Some(2));
+    assert!(r.received().is_empty());
+}

@@ -858,3 +858,28 @@ async fn tls_and_mutual_tls_with_a_test_ca() {
         }
     ));
 }
+
+#[test]
+fn conformance_identity_and_server_levels_pass() {
+    let dir = crate::support::conformance_dir();
+    if !dir.join("server").is_dir() {
+        println!(
+            "SKIP conformance_identity_and_server_levels_pass: no vectors at {}",
+            dir.display()
+        );
+        return;
+    }
+    let out = Command::new(aip_bin())
+        .args(["conformance", "--level", "identity", "--level", "server"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(text.contains("47 passed, 0 failed"), "{text}");
+}

@@ -1,0 +1,112 @@
+//! A small pool of fresh, empty network namespaces (loopback up), created ahead of time by a
+//! background thread so a root supervisor (aipd) does not pay the network namespace creation
+//! (about a millisecond on the build VM, the most expensive single step of a spawn) while a
+//! client waits. Each namespace is handed to exactly one sandbox and never reused; the sandbox's
+//! first setup process joins it with `setns` instead of unsharing a new one.
+//!
+//! Only for a root supervisor: an unprivileged sandbox's network namespace must belong to its own
+//! user namespace, which does not exist before the spawn. Off unless [`enable`] is called (a
+//! one-shot `aip run` would only waste the work). This module does not configure anything inside
+//! the namespaces beyond bringing `lo` up; egress listeners are still created per sandbox.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use nix::fcntl::{OFlag, open};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::Mode;
+
+use super::sys;
+
+struct Pool {
+    target: usize,
+    ready: Mutex<Vec<OwnedFd>>,
+    wanted: Condvar,
+}
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Keeps up to `size` (1–16) namespaces ready. Returns `false` when the pool cannot run here
+/// (not root, or the filler thread could not start); spawns then create namespaces inline.
+pub fn enable(size: usize) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let Ok(home) = open(
+        "/proc/thread-self/ns/net",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let mut started = false;
+    POOL.get_or_init(|| {
+        started = true;
+        Pool {
+            target: size.clamp(1, 16),
+            ready: Mutex::new(Vec::new()),
+            wanted: Condvar::new(),
+        }
+    });
+    if started {
+        let spawned = std::thread::Builder::new()
+            .name("aip-netns-pool".into())
+            .spawn(move || fill(home));
+        if spawned.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A fresh namespace from the pool, if one is ready.
+pub fn take() -> Option<OwnedFd> {
+    let pool = POOL.get()?;
+    let fd = pool.ready.lock().ok()?.pop();
+    pool.wanted.notify_one();
+    fd
+}
+
+/// The filler: creates namespaces on its own thread (a thread's network namespace is its own)
+/// and returns to `home` after each one.
+fn fill(home: OwnedFd) {
+    let Some(pool) = POOL.get() else { return };
+    loop {
+        {
+            let Ok(mut ready) = pool.ready.lock() else {
+                return;
+            };
+            while ready.len() >= pool.target {
+                ready = match pool.wanted.wait(ready) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+            }
+        }
+        match create(&home) {
+            Ok(fd) => {
+                if let Ok(mut ready) = pool.ready.lock() {
+                    ready.push(fd);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "network namespace pool stopped; sandboxes create their own");
+                return;
+            }
+        }
+    }
+}
+
+fn create(home: &OwnedFd) -> std::io::Result<OwnedFd> {
+    unshare(CloneFlags::CLONE_NEWNET)?;
+    let made = (|| {
+        sys::loopback_up()?;
+        Ok::<_, std::io::Error>(open(
+            "/proc/thread-self/ns/net",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?)
+    })();
+    setns(home.as_fd(), CloneFlags::CLONE_NEWNET)?;
+    made
+}

@@ -1,0 +1,368 @@
+//! The supervisor's side of one spawn: creates the report pipe and the control socket, forks the
+//! first setup process, receives the reaper's pid and the listener fds, reads the
+//! layers' reports until the server has exec'd or a step failed, and builds the
+//! [`SandboxChild`] and its [`LayerReport`].
+//!
+//! All forks happen on one long-lived spawner thread: `PR_SET_PDEATHSIG` fires when the
+//! *thread* that forked exits, so forking from short-lived threads (tokio's blocking pool) would
+//! kill sandboxes at random. The thread never exits; `spawn` hands it the job and waits.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc::{Sender, channel, sync_channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::waitpid;
+use nix::unistd::pipe2;
+
+use super::error::SandboxError;
+use super::handle::SandboxChild;
+use super::landlock::COMPILED_ABI;
+use super::net::NetMode;
+use super::prepare::Prepared;
+use super::protocol::{self, Frame};
+use super::report::*;
+use super::setup::{self, Channels};
+use super::sys::{self, Forked};
+
+/// How long the setup may take before the sandbox is killed.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+fn spawner() -> Result<&'static Mutex<Sender<Job>>, SandboxError> {
+    static SPAWNER: OnceLock<Result<Mutex<Sender<Job>>, String>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = channel::<Job>();
+            std::thread::Builder::new()
+                .name("aip-sandbox-spawner".into())
+                .spawn(move || {
+                    // Runs for the life of the process: its exit would fire the sandboxes'
+                    // parent-death signals.
+                    for job in rx {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map(|_| Mutex::new(tx))
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| SandboxError::Supervisor {
+            step: "start spawner thread",
+            source: std::io::Error::other(e.clone()),
+        })
+}
+
+/// Runs `launch` on the spawner thread and waits for its result.
+pub fn on_spawner_thread(
+    prepared: Prepared,
+    stdio: [OwnedFd; 3],
+) -> Result<SandboxChild, SandboxError> {
+    let (tx, rx) = sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = tx.send(launch(prepared, stdio));
+    });
+    spawner()?
+        .lock()
+        .map_err(|_| SandboxError::Supervisor {
+            step: "spawner lock",
+            source: std::io::Error::other("poisoned"),
+        })?
+        .send(job)
+        .map_err(|_| SandboxError::Supervisor {
+            step: "spawner thread",
+            source: std::io::Error::other("gone"),
+        })?;
+    rx.recv()
+        .map_err(|_| SandboxError::Died("the spawner thread dropped the request".into()))?
+}
+
+/// Forks and supervises the setup. Runs on the spawner thread.
+fn launch(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
+    let (report_r, report_w) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::supervisor("report pipe")(e.into()))?;
+    let (ctl, ctl_child) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SandboxError::supervisor("control socket")(e.into()))?;
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    let channels = Channels {
+        stdio,
+        report: report_w,
+        ctl: ctl_child,
+    };
+    let first = match sys::fork().map_err(SandboxError::supervisor("fork"))? {
+        Forked::Child => {
+            if prepared.spec.enabled {
+                setup::first(&prepared, channels)
+            } else {
+                setup::plain(&prepared, channels)
+            }
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(channels);
+    let report_r = std::fs::File::from(report_r);
+
+    if !prepared.spec.enabled {
+        let pidfd = sys::pidfd_open(first).map_err(SandboxError::supervisor("pidfd_open"))?;
+        let frames = protocol::read_frames(report_r, deadline);
+        return match outcome(frames) {
+            Ok(_) => Ok(SandboxChild::new(
+                first,
+                pidfd,
+                None,
+                LayerReport::disabled(
+                    nix::unistd::getuid().as_raw(),
+                    nix::unistd::getgid().as_raw(),
+                    LIFECYCLE_PLAIN,
+                ),
+                Vec::new(),
+                None,
+            )),
+            Err(e) => {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(first, None);
+                Err(e)
+            }
+        };
+    }
+
+    let handoff = protocol::recv_pid(
+        ctl.as_fd(),
+        deadline.saturating_duration_since(Instant::now()),
+    );
+    // The first setup process exits right after the handoff (or after reporting a failure); it
+    // is reaped once the reaper runs, off the critical path.
+    let reap_first = || {
+        let _ = waitpid(first, None);
+    };
+    let cleanup = |prepared: &Prepared| {
+        if let Some(cg) = &prepared.cgroup {
+            cg.remove();
+        }
+    };
+    let (reaper, listeners) = match handoff {
+        Ok(Some(handoff)) => handoff,
+        Ok(None) | Err(_) => {
+            reap_first();
+            let frames = protocol::read_frames(report_r, deadline);
+            cleanup(&prepared);
+            return Err(match outcome(frames) {
+                Err(e) => e,
+                Ok(_) => {
+                    SandboxError::Died("the first setup process exited without handing over".into())
+                }
+            });
+        }
+    };
+    let kill_reaper = |pidfd: Option<&OwnedFd>| {
+        match pidfd {
+            Some(fd) => {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), nix::sys::signal::Signal::SIGKILL);
+            }
+            None => {
+                let _ = nix::sys::signal::kill(reaper, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let _ = waitpid(reaper, None);
+    };
+    let pidfd = match sys::pidfd_open(reaper) {
+        Ok(fd) => fd,
+        Err(e) => {
+            kill_reaper(None);
+            reap_first();
+            cleanup(&prepared);
+            return Err(SandboxError::supervisor("pidfd_open")(e));
+        }
+    };
+    reap_first();
+    let frames = match outcome(protocol::read_frames(report_r, deadline)) {
+        Ok(frames) => frames,
+        Err(e) => {
+            kill_reaper(Some(&pidfd));
+            cleanup(&prepared);
+            return Err(e);
+        }
+    };
+    let report = build_report(&prepared, &frames);
+    let Prepared { cgroup, .. } = prepared;
+    Ok(SandboxChild::new(
+        reaper,
+        pidfd,
+        Some(ctl),
+        report,
+        listeners,
+        cgroup,
+    ))
+}
+
+const LIFECYCLE_PLAIN: &str = "process group + parent-death signal (no pid namespace)";
+const LIFECYCLE_SANDBOX: &str =
+    "reaper as pid 1 of a pid namespace; parent-death signal on the reaper kills the namespace";
+
+/// Turns the frames into success (the server exec'd) or the first failure.
+fn outcome(frames: std::io::Result<Vec<Frame>>) -> Result<Vec<Frame>, SandboxError> {
+    let frames = frames.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            SandboxError::Timeout(SETUP_TIMEOUT.as_millis() as u64)
+        } else {
+            SandboxError::supervisor("read setup report")(e)
+        }
+    })?;
+    if let Some(failure) = frames.iter().find_map(|f| match f {
+        Frame::Failure(failure) => Some(failure.clone()),
+        _ => None,
+    }) {
+        return Err(SandboxError::Setup(failure));
+    }
+    if !frames.contains(&Frame::Ready) {
+        return Err(SandboxError::Died(
+            "the setup processes ended before the server was started".into(),
+        ));
+    }
+    Ok(frames)
+}
+
+fn build_report(prepared: &Prepared, frames: &[Frame]) -> LayerReport {
+    let spec = &prepared.spec;
+    let mut report = LayerReport {
+        enabled: true,
+        namespaces: NamespacesReport {
+            status: LayerStatus::NotEnforced {
+                reason: "not reported".into(),
+            },
+            user_namespace: false,
+            created: vec![],
+        },
+        filesystem: FilesystemReport {
+            status: LayerStatus::NotEnforced {
+                reason: "not reported".into(),
+            },
+            mounts: 0,
+        },
+        landlock: LandlockReport {
+            status: LayerStatus::NotEnforced {
+                reason: "not reported".into(),
+            },
+            abi: prepared.kernel_abi,
+            compiled_abi: COMPILED_ABI,
+            floor: spec.landlock.min_abi,
+        },
+        seccomp: SeccompReport {
+            status: LayerStatus::NotEnforced {
+                reason: "not reported".into(),
+            },
+            profile: spec.seccomp.name().into(),
+            arch: std::env::consts::ARCH.into(),
+            filters: 0,
+        },
+        capabilities: CapabilitiesReport {
+            status: LayerStatus::NotEnforced {
+                reason: "not reported".into(),
+            },
+            no_new_privs: false,
+            securebits_locked: false,
+            uid: 0,
+            gid: 0,
+        },
+        resources: prepared
+            .resources_report
+            .clone()
+            .unwrap_or(ResourcesReport {
+                status: LayerStatus::NotEnforced {
+                    reason: "not planned".into(),
+                },
+                mechanism: "none".into(),
+                cgroup: None,
+                limits: Default::default(),
+            }),
+        network: NetworkReport {
+            status: LayerStatus::NotEnforced {
+                reason: "not reported".into(),
+            },
+            mode: match &spec.net {
+                NetMode::None => "none",
+                NetMode::Host => "host",
+                NetMode::Egress(_) => "egress",
+            }
+            .into(),
+            listeners: 0,
+        },
+        lifecycle: LifecycleReport {
+            status: LayerStatus::Enforced,
+            mechanism: LIFECYCLE_SANDBOX.into(),
+        },
+    };
+    for frame in frames {
+        match frame {
+            Frame::Namespaces {
+                user_namespace,
+                created,
+            } => {
+                report.namespaces = NamespacesReport {
+                    status: LayerStatus::Enforced,
+                    user_namespace: *user_namespace,
+                    created: created.clone(),
+                }
+            }
+            Frame::Network { listeners } => {
+                report.network.listeners = *listeners;
+                report.network.status = match spec.net {
+                    NetMode::Host => LayerStatus::NotEnforced {
+                        reason: "host network requested by the policy (spec.sandbox.network: host)"
+                            .into(),
+                    },
+                    _ => LayerStatus::Enforced,
+                };
+            }
+            Frame::Filesystem { mounts } => {
+                report.filesystem = FilesystemReport {
+                    status: LayerStatus::Enforced,
+                    mounts: *mounts,
+                }
+            }
+            Frame::Landlock { status } => report.landlock.status = status.clone(),
+            Frame::Privileges {
+                no_new_privs,
+                securebits_locked,
+                uid,
+                gid,
+            } => {
+                let complete = *no_new_privs && *securebits_locked;
+                report.capabilities = CapabilitiesReport {
+                    status: if complete {
+                        LayerStatus::Enforced
+                    } else {
+                        LayerStatus::Partial {
+                            missing: vec!["securebits".into()],
+                        }
+                    },
+                    no_new_privs: *no_new_privs,
+                    securebits_locked: *securebits_locked,
+                    uid: *uid,
+                    gid: *gid,
+                }
+            }
+            Frame::Seccomp { filters } => {
+                report.seccomp.filters = *filters;
+                if *filters > 0 {
+                    report.seccomp.status = LayerStatus::Enforced;
+                }
+            }
+            Frame::SeccompDegraded { reason } => {
+                report.seccomp.status = LayerStatus::NotEnforced {
+                    reason: reason.clone(),
+                };
+            }
+            Frame::Failure(_) | Frame::Ready => {}
+        }
+    }
+    report
+}
