@@ -39,6 +39,9 @@ pub enum EgressError {
         #[source]
         source: std::io::Error,
     },
+    /// The sandbox cannot carry egress control as planned.
+    #[error("spec.egress: {0}")]
+    NeedsSandbox(String),
     #[error("egress supervisor needs a tokio runtime: {0}")]
     Runtime(String),
 }

@@ -5,8 +5,8 @@
 //! Must not parse command-line flags or accept clients; callers hand in [`Options`].
 
 mod child;
-pub mod plan;
 mod identity;
+pub mod plan;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -193,7 +193,9 @@ pub fn run_instance(
     let tokens = match &runtime {
         Some(rt) => identity::token_service(rt, &policy, &policy_path, &hash)?,
         None if policy.identity().is_some_and(|i| i.enabled) => {
-            return Err(LaunchError::Identity("no runtime for the token service".into()));
+            return Err(LaunchError::Identity(
+                "no runtime for the token service".into(),
+            ));
         }
         None => None,
     };

@@ -244,6 +244,21 @@ impl World {
         self.servers.push(child);
     }
 
+    /// A tokio runtime whose threads all live in the host side (`H`), so every socket the
+    /// supervisor opens upstream is opened there.
+    fn host_runtime(&self) -> tokio::runtime::Runtime {
+        let host_path = self.host.path();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || {
+                let f = File::open(&host_path).expect("open host-side netns");
+                setns(&f, CloneFlags::CLONE_NEWNET).expect("enter host-side netns");
+            })
+            .build()
+            .unwrap()
+    }
+
     fn cert(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }
@@ -326,16 +341,7 @@ impl Sandbox {
         })
         .join()
         .unwrap();
-        let host_path = world.host.path();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .on_thread_start(move || {
-                let f = File::open(&host_path).expect("open host-side netns");
-                setns(&f, CloneFlags::CLONE_NEWNET).expect("enter host-side netns");
-            })
-            .build()
-            .unwrap();
+        let rt = world.host_runtime();
         let audit = Arc::new(BreakableSink::default());
         let resolver = Arc::new(Counting {
             inner: StaticResolver::new()
@@ -1432,4 +1438,212 @@ fn egress_stops_when_audit_records_cannot_be_written() {
     }
     let o = sb.python("import socket\ntry:\n s=socket.create_connection(('remote.test',7000),timeout=5); s.sendall(b'x\\n'); print(repr(s.recv(10)))\nexcept Exception as e: print(type(e).__name__)");
     assert!(!stdout(&o).contains("echo"), "{}", stdout(&o));
+}
+
+/// What a command run in a real sandbox produced.
+struct SandboxRun {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    records: Vec<Record>,
+    network: String,
+}
+
+/// Runs `argv` in the real sandbox (the launch planner's spec for it, made egress-ready by
+/// `EgressPlan::apply`, started by `sandbox::spawn`) with the egress supervisor serving the
+/// listeners from the world's host side. The test certificate is visible inside as
+/// `/etc/aip-test-ca.pem`.
+fn run_sandboxed(world: &World, cfg: &EgressConfig, argv: &[&str]) -> SandboxRun {
+    use aip::launch::plan::{Overrides, PlanInput, RealFs, plan};
+    use aip::policy::sandbox_config::SandboxConfig;
+    use aip::sandbox::GeneratedFile;
+    use std::ffi::OsString;
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+
+    let eplan = EgressPlan::new(cfg).unwrap();
+    let command: Vec<OsString> = argv.iter().map(OsString::from).collect();
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let config = SandboxConfig::default();
+    let overrides = Overrides::default();
+    let planned = plan(
+        &PlanInput {
+            config: &config,
+            command: &command,
+            cwd: std::path::Path::new("/"),
+            overrides: &overrides,
+            env: &env,
+            hidden: &[],
+        },
+        &RealFs,
+    )
+    .expect("sandbox plan");
+    let mut spec = planned.spec;
+    eplan.apply(&mut spec).unwrap();
+    spec.files.push(GeneratedFile {
+        path: "/etc/aip-test-ca.pem".into(),
+        contents: std::fs::read(world.cert()).unwrap(),
+        mode: 0o644,
+    });
+    for k in ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"] {
+        spec.env.push((k.into(), "/etc/aip-test-ca.pem".into()));
+    }
+
+    let rt = world.host_runtime();
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    let (err_r, err_w) = nix::unistd::pipe().unwrap();
+    let null: OwnedFd = File::open("/dev/null").unwrap().into();
+    let child = aip::sandbox::spawn(&spec, [null, out_w, err_w]).expect("sandbox spawn");
+    let network = format!("{:?}", child.report().network);
+    let sink = Arc::new(MemorySink::default());
+    let mut ctx = SupervisorCtx::new("sandboxed", "sess-2", sink.clone());
+    ctx.resolver = Arc::new(StaticResolver::new().with("remote.test", &[IpAddr::V4(REMOTE_IP)]));
+    ctx.in_flight = Arc::new(|| Some(("9".to_owned(), "probe".to_owned())));
+    let sup = {
+        let _g = rt.enter();
+        Supervisor::start(&eplan, child.take_listeners(), ctx).expect("supervisor starts")
+    };
+    let reader = |fd: OwnedFd| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = File::from(fd).read_to_string(&mut s);
+            s
+        })
+    };
+    let (out, err) = (reader(out_r), reader(err_r));
+    let code = child.wait().unwrap().code();
+    rt.block_on(sup.shutdown());
+    SandboxRun {
+        code,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        records: sink.records(),
+        network,
+    }
+}
+
+const SANDBOX_PROBE: &str = r#"
+import socket, urllib.request
+def attempt(label, f):
+    try: print(label, f())
+    except Exception as e: print(label, type(e).__name__, e)
+attempt("proxy-https", lambda: urllib.request.urlopen("https://remote.test/p", timeout=10).read().decode().strip())
+attempt("proxy-http", lambda: urllib.request.urlopen("http://remote.test/q", timeout=10).read().decode().strip())
+attempt("proxy-denied", lambda: urllib.request.urlopen("https://denied.test/", timeout=10).read())
+def raw():
+    s = socket.create_connection(("remote.test", 7000), timeout=10)
+    s.sendall(b"raw\n")
+    return s.makefile().readline().strip()
+attempt("capture-raw", raw)
+attempt("dns-denied", lambda: socket.getaddrinfo("denied.test", 443))
+attempt("dns-sub", lambda: socket.getaddrinfo("x.remote.test", 443))
+attempt("loopback", lambda: socket.create_connection(("127.0.0.1", 80), timeout=5).recv(10))
+attempt("host-side", lambda: socket.create_connection(("10.231.0.1", 80), timeout=5).recv(10))
+attempt("other-port", lambda: socket.create_connection(("remote.test", 7001), timeout=5))
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+    u.connect(("8.8.8.8", 53)); u.send(b"x"); return u.recv(10)
+attempt("udp-out", udp)
+"#;
+
+#[test]
+fn the_real_sandbox_with_egress_reaches_allowed_hosts_only() {
+    let Some(world) = World::new() else { return };
+    let r = run_sandboxed(
+        &world,
+        &policy(BASIC),
+        &["/usr/bin/python3", "-c", SANDBOX_PROBE],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.network.contains("egress"), "{}", r.network);
+    let line = |label: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no {label} line in {}\n{}", r.stdout, r.stderr))
+            .to_owned()
+    };
+    assert_eq!(
+        line("proxy-https"),
+        "proxy-https hello from remote remote.test /p"
+    );
+    assert_eq!(
+        line("proxy-http"),
+        "proxy-http hello from remote remote.test /q"
+    );
+    assert!(
+        line("proxy-denied").contains("403"),
+        "{}",
+        line("proxy-denied")
+    );
+    assert_eq!(line("capture-raw"), "capture-raw echo raw");
+    assert!(
+        line("dns-denied").contains("gaierror"),
+        "{}",
+        line("dns-denied")
+    );
+    assert!(line("dns-sub").contains("gaierror"), "{}", line("dns-sub"));
+    for l in ["loopback", "host-side"] {
+        let got = line(l);
+        assert!(!got.contains("canary") && got.contains("Error"), "{got}");
+    }
+    // Landlock refuses the connect (EACCES) before the empty port could (ECONNREFUSED).
+    let other = line("other-port");
+    assert!(
+        other.contains("PermissionError") || other.contains("ConnectionRefusedError"),
+        "{other}"
+    );
+    assert!(line("udp-out").contains("Error"), "{}", line("udp-out"));
+
+    let conns: Vec<&Record> = r
+        .records
+        .iter()
+        .filter(|x| x.get_str("event") == Some("EGRESS_CONNECTION"))
+        .collect();
+    assert!(
+        conns
+            .iter()
+            .any(|x| x.get_str("host") == Some("remote.test")
+                && x.get_str("via") == Some("capture")
+                && x.get_str("decision") == Some("ALLOW")
+                && x.get_str("request_id") == Some("9")
+                && x.get_str("tool") == Some("probe"))
+    );
+    assert!(conns.iter().any(|x| x.get_str("host") == Some("127.0.0.1")
+        && x.get_str("decision") == Some("BLOCK")
+        && x.get_str("rule") == Some("special_range=loopback 127.0.0.0/8")));
+}
+
+#[test]
+fn node_and_curl_in_the_real_sandbox() {
+    let Some(world) = World::new() else { return };
+    let script = "fetch('https://remote.test/node').then(r=>r.text()).then(t=>process.stdout.write(t)).catch(e=>console.log('ERR', e.cause && e.cause.code));\
+                  fetch('https://denied.test/').then(r=>console.log(r.status)).catch(e=>console.log('denied', e.cause && e.cause.code));";
+    let r = run_sandboxed(&world, &policy(BASIC), &["/usr/bin/node", "-e", script]);
+    assert!(
+        r.stdout.contains("hello from remote remote.test /node"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stdout.contains("denied ENOTFOUND"), "{}", r.stdout);
+    let r = run_sandboxed(
+        &world,
+        &policy(BASIC),
+        &[
+            "/usr/bin/curl",
+            "-sS",
+            "-m",
+            "20",
+            "https://remote.test/curl",
+            "https://denied.test/",
+        ],
+    );
+    assert!(
+        r.stdout.contains("hello from remote remote.test /curl"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("403"), "{}", r.stderr);
 }
