@@ -1647,3 +1647,112 @@ fn node_and_curl_in_the_real_sandbox() {
     );
     assert!(r.stderr.contains("403"), "{}", r.stderr);
 }
+
+/// The whole product: `aip run` with a policy carrying `spec.egress`, the real PyPI
+/// mcp-server-fetch in the sandbox, driven by the official Python SDK client; the audit file
+/// names the tool call behind each connection. `aip` runs in the host side `H` (where its
+/// resolver sees remote.test through a private /etc/hosts).
+#[test]
+#[ignore = "needs `aip run` to wire spec.egress (launch: EgressPlan::apply, then Supervisor::start with the sandbox's listeners)"]
+fn aip_run_with_mcp_server_fetch_and_an_egress_policy() {
+    let Some(peers) = peers() else { return };
+    let Some(world) = World::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n{REMOTE_IP} remote.test\n"),
+    )
+    .unwrap();
+    let ca_dir = dir.path().join("ca");
+    std::fs::create_dir(&ca_dir).unwrap();
+    let ca = ca_dir.join("ca.pem");
+    std::fs::copy(world.cert(), &ca).unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy_path,
+        format!(
+            "apiVersion: aip.io/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: fetch-egress\nspec:\n  allowed_tools: [fetch]\n  sandbox:\n    filesystem:\n      read_only: [{}]\n    env:\n      set: {{SSL_CERT_FILE: {}}}\n  egress:\n    mode: block\n    allowed_hosts: [remote.test, 10.231.0.2]\n",
+            ca_dir.display(),
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let fetch = peers.join("py/bin/mcp-server-fetch");
+    let command: Vec<String> = [
+        "ip",
+        "netns",
+        "exec",
+        &world.host.0,
+        "unshare",
+        "-m",
+        "--",
+        "sh",
+        "-c",
+        "mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"",
+        "sh",
+        hosts.to_str().unwrap(),
+        crate::support::aip_bin().to_str().unwrap(),
+        "run",
+        "--policy",
+        policy_path.to_str().unwrap(),
+        "--audit",
+        audit.to_str().unwrap(),
+        "--",
+        fetch.to_str().unwrap(),
+        "--ignore-robots-txt",
+        "--allow-private-ips",
+    ]
+    .map(String::from)
+    .to_vec();
+    let spec = serde_json::json!({
+        "command": command,
+        "env": {"PATH": std::env::var("PATH").unwrap_or_default()},
+        "calls": [
+            {"tool": "fetch", "arguments": {"url": "https://remote.test/aip", "raw": true}},
+            {"tool": "fetch", "arguments": {"url": "https://denied.test/", "raw": true}},
+        ],
+    });
+    let o = run(
+        Command::new(peers.join("py/bin/python"))
+            .arg(repo_root().join("tests/data/egress/fetch_client.py"))
+            .arg(spec.to_string()),
+        Duration::from_secs(120),
+    );
+    let results: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(results.len(), 2, "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        results[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from remote remote.test /aip"),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[1]["isError"], true, "{}", results[1]);
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let egress = |host: &str| {
+        records
+            .iter()
+            .find(|r| r["event"] == "EGRESS_CONNECTION" && r["host"] == host)
+            .unwrap_or_else(|| panic!("no EGRESS_CONNECTION for {host} in {records:?}"))
+            .clone()
+    };
+    let ok = egress("remote.test");
+    assert_eq!(ok["decision"], "ALLOW");
+    assert_eq!(ok["tool"], "fetch");
+    assert!(ok["request_id"].is_string(), "{ok}");
+    let denied = egress("denied.test");
+    assert_eq!(denied["decision"], "BLOCK");
+    assert_eq!(denied["tool"], "fetch");
+    // The denied call's connection belongs to the second tools/call, not the first.
+    assert_ne!(denied["request_id"], ok["request_id"]);
+}
