@@ -1714,10 +1714,12 @@ fn aip_run_with_mcp_server_fetch_and_an_egress_policy() {
             {"tool": "fetch", "arguments": {"url": "https://denied.test/", "raw": true}},
         ],
     });
+    // aip's working directory becomes the server's: `/` is always visible in the sandbox.
     let o = run(
         Command::new(peers.join("py/bin/python"))
             .arg(repo_root().join("tests/data/egress/fetch_client.py"))
-            .arg(spec.to_string()),
+            .arg(spec.to_string())
+            .current_dir("/"),
         Duration::from_secs(120),
     );
     let results: Vec<serde_json::Value> = stdout(&o)
