@@ -2,8 +2,9 @@
 //! half-close, a shared idle timeout, the per-sandbox byte budget and the supervisor's shutdown
 //! signal, counting bytes for the audit record.
 //!
-//! A plain 64 KiB-buffer loop per direction (what `copy_bidirectional` does, plus the accounting
-//! it cannot do); `scripts/bench-egress.sh` measures it. Must not look at the bytes.
+//! A plain buffer loop per direction, as `copy_bidirectional` does, plus the accounting it
+//! cannot do; the buffer grows from 16 KiB to 256 KiB while reads fill it.
+//! `scripts/bench-egress.sh` measures it. Must not look at the bytes.
 
 use std::io;
 use std::sync::Arc;
@@ -15,7 +16,10 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-const BUF: usize = 64 * 1024;
+/// Per-direction buffer: starts small (most connections move little) and doubles while reads
+/// fill it, up to the largest size (bulk transfers make fewer, larger system calls).
+const BUF_START: usize = 16 * 1024;
+const BUF_MAX: usize = 256 * 1024;
 
 /// Bytes the sandbox may still move (all connections, both directions); `None` = unlimited.
 #[derive(Debug, Clone, Default)]
@@ -102,7 +106,7 @@ async fn pump(
     shared: &Shared,
     budget: &Budget,
 ) -> PumpEnd {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF_START];
     loop {
         let n = match tokio::time::timeout(shared.idle, from.read(&mut buf)).await {
             Err(_) if shared.idle_for() < shared.idle => continue,
@@ -123,6 +127,9 @@ async fn pump(
         }
         count.fetch_add(n as u64, Ordering::Relaxed);
         shared.touch();
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 }
 
