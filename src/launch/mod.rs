@@ -70,6 +70,8 @@ pub enum LaunchError {
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("egress: {0}")]
+    Egress(#[from] crate::egress::EgressError),
     #[error("no server command given")]
     NoCommand,
     #[error("identity: {0}")]
@@ -238,6 +240,21 @@ pub fn run_instance(
     if let Some((uid, gid)) = user {
         planned.spec.user = crate::sandbox::User { uid, gid };
     }
+    // spec.egress: listeners inside the sandbox's network namespace, proxy variables, a DNS
+    // stub in resolv.conf, Landlock connect ports; served from this process once it runs.
+    let egress_plan = match policy.egress() {
+        Some(cfg) => {
+            let p = crate::egress::EgressPlan::new(cfg)?;
+            p.apply(&mut planned.spec)?;
+            if runtime.is_none() {
+                return Err(LaunchError::Identity(
+                    "no async runtime for the egress supervisor".into(),
+                ));
+            }
+            Some(p)
+        }
+        None => None,
+    };
     for note in &planned.notes {
         match note.level {
             plan::NoteLevel::Warn => tracing::warn!("{}", note.message),
@@ -245,6 +262,28 @@ pub fn run_instance(
         }
     }
     let spawned = child::spawn(&planned.spec)?;
+    let egress = match (&egress_plan, &runtime) {
+        (Some(p), Some(rt)) => {
+            let _entered = rt.enter();
+            let live = handle.clone();
+            let ctx = crate::egress::SupervisorCtx {
+                in_flight: Arc::new(move || live.current_tool_call()),
+                ..crate::egress::SupervisorCtx::new(
+                    &proxy_config.server_name,
+                    &session_id,
+                    Arc::clone(&audit),
+                )
+            };
+            match crate::egress::Supervisor::start(p, spawned.child.take_listeners(), ctx) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = spawned.child.kill_all();
+                    return Err(e.into());
+                }
+            }
+        }
+        _ => None,
+    };
     let mut start = Record::event("SESSION_START")
         .with("session_id", session_id.as_str())
         .with("server", proxy_config.server_name.as_str())
@@ -311,6 +350,10 @@ pub fn run_instance(
     };
     let server = Arc::new(child::ServerTree(Arc::clone(&spawned.child)));
     let status = proxy::run(session, streams, server, handle, signals);
+    if let (Some(sup), Some(rt)) = (egress, &runtime) {
+        // Ends open connections and writes their records before SESSION_END.
+        rt.block_on(sup.shutdown());
+    }
     let _ = audit.write(
         &Record::event("SESSION_END")
             .with("session_id", session_id.as_str())

@@ -1653,7 +1653,6 @@ fn node_and_curl_in_the_real_sandbox() {
 /// names the tool call behind each connection. `aip` runs in the host side `H` (where its
 /// resolver sees remote.test through a private /etc/hosts).
 #[test]
-#[ignore = "needs `aip run` to wire spec.egress (launch: EgressPlan::apply, then Supervisor::start with the sandbox's listeners)"]
 fn aip_run_with_mcp_server_fetch_and_an_egress_policy() {
     let Some(peers) = peers() else { return };
     let Some(world) = World::new() else { return };
