@@ -29,8 +29,10 @@ pub enum Kind {
 }
 
 /// A parsed message. Envelope fields are decoded; `params`, `result` and `error` are kept as
-/// their exact text, already validated strictly (no duplicate keys at any depth), and decoded
-/// into a `serde_json::Value` only when someone needs to look inside.
+/// their exact text and decoded into a `serde_json::Value` only when someone needs to look
+/// inside (decoding is strict). A client's params and every error object are validated
+/// strictly (no duplicate keys at any depth) right away; a server's result and params are
+/// validated when decoded, because nothing decides on them otherwise.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub kind: Kind,
@@ -275,7 +277,11 @@ impl Envelope {
                     if !matches!(raw.as_bytes().first(), Some(b'{' | b'[')) {
                         return Err(ParseError::invalid("\"params\" must be an object or array"));
                     }
-                    validate(raw, keys, "params")?;
+                    // A client's params are always checked (the policy may look at them); a
+                    // server's only when decoded (DLP), like its results.
+                    if origin == Origin::Client {
+                        validate(raw, keys, "params")?;
+                    }
                 }
                 (None, Some(Value::Object(map))) => {
                     // Duplicates were refused while decoding; case variants are checked here.
@@ -293,9 +299,9 @@ impl Envelope {
                 }
             }
         }
-        if let Some(r) = &self.result {
-            validate(r.get(), &[], "result")?;
-        }
+        // A server's `result` is only looked into when something decides on it (DLP, tools/list),
+        // and decoding is strict; otherwise its bytes are forwarded untouched and nothing here
+        // depends on them, so they are not walked twice.
         let kind = match (&method, &self.result, &self.error) {
             (Some(_), None, None) => {
                 if self.id.is_some() {
@@ -842,8 +848,10 @@ mod tests {
         ] {
             assert_eq!(code(client(s)), codes::INVALID_REQUEST, "{s}");
         }
+        // A server's result is forwarded untouched unless decoded, and decoding is strict.
+        let mut m = server(r#"{"jsonrpc":"2.0","id":1,"result":{"a":1,"a":2}}"#).unwrap();
         assert_eq!(
-            code(server(r#"{"jsonrpc":"2.0","id":1,"result":{"a":1,"a":2}}"#)),
+            m.result.as_mut().unwrap().decode().unwrap_err().code,
             codes::INVALID_REQUEST
         );
     }
@@ -942,10 +950,12 @@ mod tests {
     #[test]
     fn validation_without_decoding_still_rejects_duplicates_deep_inside() {
         let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
-        let s = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{many}"k7":0}}}}"#);
-        assert_eq!(code(server(&s)), codes::INVALID_REQUEST);
-        let s = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{many}"z":0}}}}"#);
-        assert!(server(&s).is_ok());
+        let s =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{{{many}"k7":0}}}}}}"#);
+        assert_eq!(code(client(&s)), codes::INVALID_REQUEST);
+        let s =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{{{many}"z":0}}}}}}"#);
+        assert!(client(&s).is_ok());
         let m = server(r#"{"jsonrpc":"2.0","id":1,"result":{"a": [1, {"b": "\u0041"}]}}"#).unwrap();
         assert_eq!(
             m.result.unwrap().raw(),

@@ -10,6 +10,7 @@ pub mod plan;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -311,7 +312,7 @@ pub fn run_instance(
         client_in: client.input,
         client_out: client.output,
         server_in: Box::new(spawned.stdin),
-        server_out: Box::new(spawned.stdout),
+        server_out: Box::new(proxy::SpinRead::new(spawned.stdout, proxy_config.spin)),
         server_err: Some(Box::new(spawned.stderr)),
         diagnostics: client.diagnostics,
     };
@@ -433,8 +434,14 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
         session_id: None,
         validation_server: opts.validation_server.clone(),
     };
+    // Our own handle on fd 0 (not Stdin's buffer), polled briefly before each blocking read.
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(LaunchError::Runtime)?;
     let client = ClientIo {
-        input: Box::new(std::io::stdin()),
+        input: Box::new(proxy::SpinRead::new(stdin, opts.proxy.spin)),
         output: Box::new(std::io::stdout()),
         diagnostics: Box::new(std::io::stderr()),
     };

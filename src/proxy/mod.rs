@@ -18,6 +18,7 @@ mod lifecycle;
 mod output;
 mod pending;
 mod records;
+mod spin;
 mod tools;
 mod upstream;
 
@@ -37,6 +38,7 @@ pub use lifecycle::Event;
 use lifecycle::Shutdown;
 use output::Output;
 use pending::Pending;
+pub use spin::SpinRead;
 
 /// Tunables of one session.
 #[derive(Debug, Clone)]
@@ -59,6 +61,9 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Server name for approvals and audit (command name, or the daemon's server name).
     pub server_name: String,
+    /// How long a pump polls its input after handling a message before it sleeps in `read`
+    /// (see `SpinRead`); zero disables polling.
+    pub spin: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +78,7 @@ impl Default for ProxyConfig {
             kill_grace: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(2),
             server_name: "server".into(),
+            spin: Duration::from_micros(100),
         }
     }
 }

@@ -957,3 +957,27 @@ fn a_remote_validation_server_must_also_allow_each_call() {
             .any(|x| x["event"] == "REMOTE_VALIDATION" && x["failover_mode"] == "local_policy")
     );
 }
+
+#[test]
+fn a_server_answer_that_cannot_be_scanned_is_not_forwarded() {
+    // A "server" whose answer hides a second, secret value under a duplicate key.
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("dup.sh");
+    std::fs::write(
+        &server,
+        "#!/bin/sh\nread -r line\nprintf '%s\\n' '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"fine\",\"text\":\"AKIAIOSFODNN7EXAMPLE\"}]}}'\nsleep 5\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(aip_bin());
+    cmd.args(["run", "--no-sandbox", "--policy"])
+        .arg(data("policies/proxy.yaml"))
+        .arg("--audit")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--")
+        .arg(&server);
+    let mut drv = Driver::spawn(cmd);
+    let reply = drv.call(&call(json!(1), "echo", json!({})));
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+    assert!(!reply.to_string().contains("AKIA"));
+}
