@@ -628,3 +628,63 @@ fn key_file_shared_between_rings() {
     );
     let _ = Arc::new(a);
 }
+
+/// Two real `aip run` supervisors sharing a key file and a Redis nonce store: a token either
+/// issued is accepted by the other, and spent in one it is a replay in the other.
+#[test]
+fn two_aip_run_supervisors_share_replay_state_through_redis() {
+    use crate::support::{Driver, mock_server};
+    use serde_json::{Value, json};
+    let Some(redis) =
+        RedisServer::start("two_aip_run_supervisors_share_replay_state_through_redis")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_ec_key(dir.path());
+    let policy = dir.path().join("shared.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {{name: shared}}\nspec:\n  allowed_tools: [echo]\n  identity:\n    enabled: true\n    require_token: true\n    session_binding: policy\n    nonce_storage: {{type: redis, address: \"{}\", key_prefix: \"aip:e2e:{}:\"}}\n    keys: {{key_source: file, key_path: \"{}\", signing_algorithm: ES256}}\n",
+            redis.url(),
+            std::process::id(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let start = |name: &str| {
+        let mut cmd = Command::new(aip_bin());
+        cmd.args(["run", "--no-sandbox", "--policy"])
+            .arg(&policy)
+            .arg("--audit")
+            .arg(dir.path().join(format!("{name}.jsonl")))
+            .arg("--")
+            .arg(mock_server());
+        Driver::spawn(cmd)
+    };
+    let (mut a, mut b) = (start("a"), start("b"));
+    let token = |d: &mut Driver, id: i64| -> String {
+        let r = d.call(&json!({"jsonrpc":"2.0","id":id,"method":"aip/token"}).to_string());
+        r["result"]["token"].as_str().expect("a token").to_owned()
+    };
+    let call = |d: &mut Driver, id: i64, t: &str| -> Value {
+        d.call(
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+                "name":"echo","arguments":{},"_meta":{"aip.io/token": t}}})
+            .to_string(),
+        )
+    };
+    // Issued by A, accepted by B (same key, same policy), then a replay in A.
+    let t1 = token(&mut a, 1);
+    let r = call(&mut b, 2, &t1);
+    assert!(r["result"].is_object(), "{r}");
+    let r = call(&mut a, 3, &t1);
+    assert_eq!(r["error"]["data"]["token_error"], "replay_detected", "{r}");
+    // Spent in A first, refused in B.
+    let t2 = token(&mut a, 4);
+    assert!(call(&mut a, 5, &t2)["result"].is_object());
+    let r = call(&mut b, 6, &t2);
+    assert_eq!(r["error"]["code"], -32009, "{r}");
+    assert_eq!(r["error"]["data"]["token_error"], "replay_detected");
+}
