@@ -15,16 +15,7 @@ use super::store::{Revocation, StoreError};
 pub const TOKEN_VERSION: &str = "aip/v1alpha2";
 
 /// JSON-RPC error codes of AIP identity (§3).
-pub mod codes {
-    /// No token (or an empty one) where `require_token` demands one.
-    pub const TOKEN_REQUIRED: i64 = -32008;
-    /// The token failed validation.
-    pub const TOKEN_INVALID: i64 = -32009;
-    /// The token or its session was revoked.
-    pub const TOKEN_REVOKED: i64 = -32011;
-    /// The token's `aud` is not this engine's audience.
-    pub const AUDIENCE_MISMATCH: i64 = -32012;
-}
+pub use crate::jsonrpc::codes;
 
 /// Claims of an AIP identity token. Field order is the wire order. `iat`/`exp` (seconds) and
 /// `jti` (= nonce) duplicate `issued_at`/`expires_at`/`nonce` for generic JWT tooling; the

@@ -10,16 +10,8 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::{Value, json};
 
-/// AIP JSON-RPC error codes used by the policy engine.
-pub mod codes {
-    pub const FORBIDDEN: i64 = -32001;
-    pub const RATE_LIMITED: i64 = -32002;
-    pub const USER_DENIED: i64 = -32004;
-    pub const USER_TIMEOUT: i64 = -32005;
-    pub const METHOD_NOT_ALLOWED: i64 = -32006;
-    pub const PROTECTED_PATH: i64 = -32007;
-    pub const DLP_REDACTION_FAILED: i64 = -32014;
-}
+/// AIP JSON-RPC error codes (defined once, in `jsonrpc`).
+pub use crate::jsonrpc::codes;
 
 /// The error object to send instead of forwarding a request.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use crate::audit::Record;
-use crate::jsonrpc::{ErrorReply, Frame, Kind, LineReader, Message, Origin, codes, parse};
+use crate::jsonrpc::{ErrorReply, Frame, Kind, Message, Origin, codes, parse};
 
 use super::lifecycle::Event;
 use super::{Direction, Shared, dlp, records, tools};
@@ -27,34 +27,26 @@ struct Batch {
 }
 
 pub(super) fn pump(sh: Arc<Shared>, input: Box<dyn Read + Send>) {
-    let mut reader = LineReader::new(input, sh.cfg.max_message_bytes);
-    let mut batch = Batch::default();
-    loop {
-        let frame = match reader.next_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading from the server failed");
-                break;
-            }
-        };
-        match frame {
-            Frame::Line(line) => handle_line(&sh, line, &mut batch),
-            Frame::Oversize(over) => {
-                let id = crate::jsonrpc::recover_id(&over.head, &over.tail);
-                let reason = format!(
-                    "the server sent a message of {} bytes, over the limit of {} bytes (--max-message-bytes)",
-                    over.len, sh.cfg.max_message_bytes
-                );
-                fail_request(&sh, id.as_deref(), &reason, &mut batch);
-            }
+    let on_frame = |frame: Frame<'_>, batch: &mut Batch| match frame {
+        Frame::Line(line) => handle_line(&sh, line, batch),
+        Frame::Oversize(over) => {
+            let id = crate::jsonrpc::recover_id(&over.head, &over.tail);
+            let reason = format!(
+                "the server sent a message of {} bytes, over the limit of {} bytes (--max-message-bytes)",
+                over.len, sh.cfg.max_message_bytes
+            );
+            fail_request(&sh, id.as_deref(), &reason, batch);
         }
-        if !reader.has_buffered_line() {
-            flush(&sh, &mut batch);
-        }
-    }
-    flush(&sh, &mut batch);
-    let _ = sh.events.send(Event::ServerStdoutEof);
+    };
+    super::pump_frames(
+        &sh,
+        input,
+        "server",
+        &mut Batch::default(),
+        on_frame,
+        |b| flush(&sh, b),
+        Event::ServerStdoutEof,
+    );
 }
 
 fn flush(sh: &Shared, batch: &mut Batch) {

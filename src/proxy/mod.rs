@@ -355,6 +355,37 @@ pub fn run(
     status
 }
 
+/// The loop both pumps share: frames from `input`, each handed to `on_frame`; `flush` whenever
+/// no further complete line is already buffered (so pipelined input is handled in batches and
+/// nothing waits behind a blocking read), once more at the end; then `done` goes to the
+/// lifecycle.
+fn pump_frames<B>(
+    sh: &Shared,
+    input: Box<dyn Read + Send>,
+    peer: &str,
+    batch: &mut B,
+    mut on_frame: impl FnMut(crate::jsonrpc::Frame<'_>, &mut B),
+    mut flush: impl FnMut(&mut B),
+    done: Event,
+) {
+    let mut reader = crate::jsonrpc::LineReader::new(input, sh.cfg.max_message_bytes);
+    loop {
+        match reader.next_frame() {
+            Ok(Some(frame)) => on_frame(frame, batch),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading from the {peer} failed");
+                break;
+            }
+        }
+        if !reader.has_buffered_line() {
+            flush(batch);
+        }
+    }
+    flush(batch);
+    let _ = sh.events.send(done);
+}
+
 fn watch_signals(tx: Sender<Event>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::audit::Record;
-use crate::jsonrpc::{ErrorReply, Frame, Kind, LineReader, Message, Origin, codes, parse};
+use crate::jsonrpc::{ErrorReply, Frame, Kind, Message, Origin, codes, parse};
 
 use super::Shared;
 use super::decide::{CallAction, CallOutcome, MethodOutcome};
@@ -59,43 +59,35 @@ impl Batch {
 
 /// Runs until the client closes its end (or its stream fails).
 pub(super) fn pump(sh: Arc<Shared>, input: Box<dyn Read + Send>) {
-    let mut reader = LineReader::new(input, sh.cfg.max_message_bytes);
-    let mut batch = Batch::default();
-    loop {
-        let frame = match reader.next_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading from the client failed");
-                break;
-            }
-        };
-        match frame {
-            Frame::Line(line) => handle_line(&sh, line, &mut batch),
-            Frame::Oversize(over) => {
-                let id = crate::jsonrpc::recover_id(&over.head, &over.tail);
-                let reason = format!(
-                    "message of {} bytes exceeds the limit of {} bytes (--max-message-bytes)",
-                    over.len, sh.cfg.max_message_bytes
-                );
-                batch.records.push(records::rejected(
-                    &sh,
-                    id.as_deref(),
-                    &reason,
-                    codes::INVALID_REQUEST,
-                ));
-                batch.reply(
-                    id.as_deref(),
-                    &ErrorReply::standard(codes::INVALID_REQUEST, reason),
-                );
-            }
+    let on_frame = |frame: Frame<'_>, batch: &mut Batch| match frame {
+        Frame::Line(line) => handle_line(&sh, line, batch),
+        Frame::Oversize(over) => {
+            let id = crate::jsonrpc::recover_id(&over.head, &over.tail);
+            let reason = format!(
+                "message of {} bytes exceeds the limit of {} bytes (--max-message-bytes)",
+                over.len, sh.cfg.max_message_bytes
+            );
+            batch.records.push(records::rejected(
+                &sh,
+                id.as_deref(),
+                &reason,
+                codes::INVALID_REQUEST,
+            ));
+            batch.reply(
+                id.as_deref(),
+                &ErrorReply::standard(codes::INVALID_REQUEST, reason),
+            );
         }
-        if !reader.has_buffered_line() {
-            flush(&sh, &mut batch);
-        }
-    }
-    flush(&sh, &mut batch);
-    let _ = sh.events.send(Event::ClientEof);
+    };
+    super::pump_frames(
+        &sh,
+        input,
+        "client",
+        &mut Batch::default(),
+        on_frame,
+        |b| flush(&sh, b),
+        Event::ClientEof,
+    );
 }
 
 pub(super) fn flush(sh: &Shared, batch: &mut Batch) {
