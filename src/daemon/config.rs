@@ -238,7 +238,15 @@ fn parse<'a, T: DeserializeOwned>(file: &'a Path, text: &str) -> Result<(T, Doc<
                 "data did not match any variant of untagged enum Principal",
                 "expected a user or group name or a numeric id",
             );
-            Err(doc.problem(&field, message, hint))
+            let mut problem = doc.problem(&field, message, hint);
+            // An unknown key: point at the key itself rather than at its value.
+            if problem.message.starts_with("unknown field") {
+                let (parent, name) = field.rsplit_once('.').unwrap_or(("", field.as_str()));
+                if let Some(key) = doc.root.locate(parent).get_key(name) {
+                    problem.pos = Some(key.pos);
+                }
+            }
+            Err(problem)
         }
     }
 }

@@ -296,11 +296,17 @@ impl Drop for Listener {
 /// Sockets systemd passed; the one named `control` (FileDescriptorName=control) is the
 /// control socket.
 fn activated() -> Result<(Vec<UnixListener>, Option<UnixListener>), DaemonError> {
-    let fds = libsystemd::activation::receive_descriptors_with_names(false)
+    // Names are optional (systemd-socket-activate sets none); without them every passed
+    // socket is a client socket.
+    let fds = libsystemd::activation::receive_descriptors(false)
         .map_err(|e| DaemonError::Other(format!("socket activation: {e}")))?;
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
     let mut clients = Vec::new();
     let mut control = None;
-    for (fd, name) in fds {
+    for (i, fd) in fds.into_iter().enumerate() {
+        let name = names.get(i).map(String::as_str).unwrap_or("");
         use std::os::fd::IntoRawFd;
         let owned: OwnedFd =
             super::sys::adopt_passed_fd(fd.into_raw_fd()).map_err(io_err("socket activation"))?;
