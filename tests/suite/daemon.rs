@@ -865,16 +865,7 @@ fn with_journald(f: &Fixture, script: &str) -> Option<Vec<Value>> {
         .arg(&out)
         .arg("aipd-test")
         .arg(&runner)
-        .env("AIP", aip_bin())
-        .env("CONFIG", f.config())
-        .env("SOCK", &f.socket)
-        .env("DIR", f.dir.path())
-        .env("INIT", INIT)
-        .env(
-            "BLOCK",
-            call(2, "write_file", json!({"path": "/x", "content": "y"})),
-        )
-        .env("ALLOW", call(3, "echo", json!({"text": "ok"})))
+        .envs(session_env(f))
         .status()
         .unwrap();
     assert!(
@@ -889,6 +880,22 @@ fn with_journald(f: &Fixture, script: &str) -> Option<Vec<Value>> {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect(),
     )
+}
+
+/// The variables SESSION_SCRIPT uses.
+fn session_env(f: &Fixture) -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![
+        ("AIP", aip_bin().into()),
+        ("CONFIG", f.config().into()),
+        ("SOCK", f.socket.clone().into()),
+        ("DIR", f.dir.path().into()),
+        ("INIT", INIT.into()),
+        (
+            "BLOCK",
+            call(2, "write_file", json!({"path": "/x", "content": "y"})).into(),
+        ),
+        ("ALLOW", call(3, "echo", json!({"text": "ok"})).into()),
+    ]
 }
 
 const SESSION_SCRIPT: &str = r#"
@@ -995,16 +1002,7 @@ fn without_journald_records_go_to_stderr_with_one_warning() {
     let status = Command::new("unshare")
         .args(["-m", "--propagation", "private"])
         .arg(&runner)
-        .env("AIP", aip_bin())
-        .env("CONFIG", f.config())
-        .env("SOCK", &f.socket)
-        .env("DIR", f.dir.path())
-        .env("INIT", INIT)
-        .env(
-            "BLOCK",
-            call(2, "write_file", json!({"path": "/x", "content": "y"})),
-        )
-        .env("ALLOW", call(3, "echo", json!({"text": "ok"})))
+        .envs(session_env(&f))
         .status()
         .unwrap();
     assert!(status.success());
