@@ -453,6 +453,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         );
     }
     raise_nofile();
+    super::sys::limit_malloc_arenas(2);
     let AuditSetup {
         sink: audit,
         jsonl: audit_path,
@@ -609,6 +610,7 @@ fn accept_loop(
     let watchdog = libsystemd::daemon::watchdog_enabled(false).map(|d| d / 2);
     let mut last_ping = Instant::now();
     let mut last_status = String::new();
+    let mut last_count = 0;
     let tick = watchdog
         .unwrap_or(Duration::from_secs(1))
         .min(Duration::from_secs(1));
@@ -672,6 +674,12 @@ fn accept_loop(
             notify(&[NotifyState::Watchdog]);
             last_ping = Instant::now();
         }
+        // Sessions ended: give their memory back, so the next sandbox forks a small process.
+        let count = shared.sessions.len();
+        if count < last_count {
+            super::sys::release_free_memory();
+        }
+        last_count = count;
         let status = shared.status_line();
         if status != last_status {
             notify(&[NotifyState::Status(status.clone())]);

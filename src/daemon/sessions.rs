@@ -31,8 +31,9 @@ pub struct SessionInfo {
     pub since: SystemTime,
     pub started: Instant,
     pub handle: SessionHandle,
-    /// Filled from `SESSION_START`: the reaper's pid and the sandbox layer report.
-    started_info: Mutex<Option<(u64, Value)>>,
+    /// Filled from `SESSION_START`: the reaper's pid, the sandbox layer report, and how long
+    /// the start took (milliseconds from registration).
+    started_info: Mutex<Option<(u64, Value, f64)>>,
 }
 
 /// A session as `aip ps` shows it.
@@ -46,6 +47,8 @@ pub struct SessionView {
     pub session_uid: Option<u32>,
     /// The sandbox's pid (its reaper), once started.
     pub pid: Option<u64>,
+    /// Milliseconds from accepting the hello to the server running (plan, sandbox, exec).
+    pub start_ms: Option<f64>,
     pub since: String,
     pub uptime_secs: u64,
     pub policy: String,
@@ -68,13 +71,14 @@ impl SessionInfo {
             user: self.peer.user.clone(),
             client_pid: self.peer.pid,
             session_uid: self.session_uid,
-            pid: started.as_ref().map(|(pid, _)| *pid),
+            pid: started.as_ref().map(|(pid, _, _)| *pid),
+            start_ms: started.as_ref().map(|(_, _, ms)| *ms),
             since: super::rfc3339(self.since),
             uptime_secs: self.started.elapsed().as_secs(),
             policy: self.policy.clone(),
             policy_path: self.policy_path.clone(),
             layers: started
-                .map(|(_, report)| layer_summary(&report))
+                .map(|(_, report, _)| layer_summary(&report))
                 .unwrap_or(Value::Null),
         }
     }
@@ -267,11 +271,13 @@ impl SessionSink {
         }
         let pid = record.get("pid").and_then(Value::as_u64).unwrap_or(0);
         let report = record.get("sandbox").cloned().unwrap_or(Value::Null);
+        let ms = self.info.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(server = %self.info.server, start_ms = ms, "sandbox started");
         *self
             .info
             .started_info
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((pid, report));
+            .unwrap_or_else(|p| p.into_inner()) = Some((pid, report, ms));
     }
 }
 

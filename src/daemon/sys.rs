@@ -1,6 +1,8 @@
 //! aipd's only unsafe code, one safe wrapper per operation the safe crates do not offer:
-//! taking ownership of a socket systemd passed (socket activation), and `SO_PEERGROUPS` (the
-//! peer's supplementary groups as the kernel recorded them at `connect`).
+//! taking ownership of a socket systemd passed (socket activation), `SO_PEERGROUPS` (the
+//! peer's supplementary groups as the kernel recorded them at `connect`), and glibc's malloc
+//! tuning (fewer arenas, returning freed memory), which keeps aipd's resident memory small:
+//! every sandbox starts with forks of aipd, whose cost grows with it.
 //!
 //! Must not: decide anything; callers check what the descriptors are and what the ids mean.
 #![allow(unsafe_code)]
@@ -63,6 +65,34 @@ pub fn peer_groups(sock: &impl AsFd) -> io::Result<Vec<u32>> {
             continue;
         }
         return Err(err);
+    }
+}
+
+/// Caps glibc's malloc arenas (default: eight per CPU). aipd's threads mostly wait on I/O, so
+/// a few arenas cost no contention and hold far less memory than dozens. Call before threads
+/// exist. Returns false where not supported.
+pub fn limit_malloc_arenas(n: i32) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters; M_ARENA_MAX takes any positive int.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = n;
+        false
+    }
+}
+
+/// Returns memory freed by ended sessions to the kernel (glibc keeps it otherwise).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only releases free pages of the allocator's own heaps; it is
+        // thread-safe (it takes each arena's lock).
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 
