@@ -18,7 +18,18 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn spawn(cmd: &[String]) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+type Replies = BufReader<aip::proxy::SpinRead<ChildStdout>>;
+
+/// `BENCH_SPIN_US`: poll for replies this long before blocking (keeps the client's own wake-ups
+/// out of the measurement).
+fn spin() -> Duration {
+    std::env::var("BENCH_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_micros)
+}
+
+fn spawn(cmd: &[String]) -> (Child, ChildStdin, Replies) {
     let mut child = Command::new(&cmd[0])
         .args(&cmd[1..])
         .stdin(Stdio::piped())
@@ -27,7 +38,10 @@ fn spawn(cmd: &[String]) -> (Child, ChildStdin, BufReader<ChildStdout>) {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let stdin = child.stdin.take().unwrap();
-    let stdout = BufReader::with_capacity(1 << 16, child.stdout.take().unwrap());
+    let stdout = BufReader::with_capacity(
+        1 << 16,
+        aip::proxy::SpinRead::new(child.stdout.take().unwrap(), spin()),
+    );
     (child, stdin, stdout)
 }
 
@@ -37,7 +51,7 @@ fn request(id: u64) -> String {
     )
 }
 
-fn read_reply(out: &mut BufReader<ChildStdout>, line: &mut String) {
+fn read_reply(out: &mut Replies, line: &mut String) {
     line.clear();
     if out.read_line(line).unwrap_or(0) == 0 {
         panic!("server closed stdout");

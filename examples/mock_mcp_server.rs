@@ -267,7 +267,18 @@ fn main() {
         .as_fd()
         .try_clone_to_owned()
         .expect("stdin");
-    let mut input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::from(stdin_fd));
+    // `--spin-us N`: poll stdin for N µs before blocking (benchmarks: keeps wake-ups out of the
+    // measurement, as aip's own pumps do).
+    let spin = args
+        .iter()
+        .position(|a| a == "--spin-us")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_micros);
+    let mut input = std::io::BufReader::with_capacity(
+        1 << 16,
+        aip::proxy::SpinRead::new(std::fs::File::from(stdin_fd), spin),
+    );
     let mut line = String::new();
     loop {
         line.clear();

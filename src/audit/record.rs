@@ -143,7 +143,15 @@ fn format_timestamp(when: OffsetDateTime) -> String {
                 when.second()
             );
         }
-        format!("{}.{:03}Z", cached.1, when.millisecond())
+        let ms = when.millisecond();
+        let mut out = String::with_capacity(24);
+        out.push_str(&cached.1);
+        out.push('.');
+        for d in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push('Z');
+        out
     })
 }
 

@@ -29,6 +29,10 @@ pub struct CommonArgs {
     /// Refuse a policy without metadata.signature.
     #[arg(long)]
     pub require_signed_policy: bool,
+    /// Also ask this AIP validation server (https://…/v1/validate, or http to loopback) about
+    /// every tool call the policy allows; spec.server.failover_mode decides when it is down.
+    #[arg(long, value_name = "URL", env = "AIP_VALIDATION_SERVER")]
+    pub validation_server: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +81,10 @@ pub struct RunArgs {
     /// Seconds the server may take to exit after its stdin closes, before SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub shutdown_grace: u64,
+    /// Microseconds each direction polls for the next message before sleeping (lower latency
+    /// for back-to-back traffic at a little CPU; 0 disables).
+    #[arg(long, value_name = "µS", default_value_t = 100)]
+    pub poll_us: u64,
     /// The server command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -122,6 +130,7 @@ fn options(common: &CommonArgs, command: Vec<String>) -> Options {
             pubkey: common.policy_pubkey.clone(),
             require_signed: common.require_signed_policy,
         },
+        validation_server: common.validation_server.clone(),
     }
 }
 
@@ -162,6 +171,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         approval_timeout: Duration::from_secs(args.approval_timeout.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         server_name: server_name(&opts.command),
+        spin: Duration::from_micros(args.poll_us.min(10_000)),
         ..ProxyConfig::default()
     };
     launch(opts)

@@ -274,6 +274,8 @@ fn run(
         runtime: Some(shared.runtime.clone()),
         embedded_server: false,
         session_id: Some(id.to_owned()),
+        // `$AIP_VALIDATION_SERVER` in aipd's environment (a unit drop-in) applies to all.
+        validation_server: None,
     };
     let client = ClientIo {
         input: Box::new(Cursor::new(leftover).chain(input)),

@@ -29,8 +29,10 @@ pub enum Kind {
 }
 
 /// A parsed message. Envelope fields are decoded; `params`, `result` and `error` are kept as
-/// their exact text, already validated strictly (no duplicate keys at any depth), and decoded
-/// into a `serde_json::Value` only when someone needs to look inside.
+/// their exact text and decoded into a `serde_json::Value` only when someone needs to look
+/// inside (decoding is strict). A client's params and every error object are validated
+/// strictly (no duplicate keys at any depth) right away; a server's result and params are
+/// validated when decoded, because nothing decides on them otherwise.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub kind: Kind,
@@ -59,18 +61,29 @@ impl Message {
 /// only produce the value the validation saw.
 #[derive(Debug, Clone)]
 pub struct Part {
-    raw: Box<RawValue>,
+    /// The text as received; absent when the part was decoded during the envelope parse.
+    raw: Option<Box<RawValue>>,
     value: Option<Value>,
 }
 
 impl Part {
     fn new(raw: Box<RawValue>) -> Self {
-        Part { raw, value: None }
+        Part {
+            raw: Some(raw),
+            value: None,
+        }
     }
 
-    /// The text as received.
-    pub fn raw(&self) -> &str {
-        self.raw.get()
+    fn decoded_from_start(value: Value) -> Self {
+        Part {
+            raw: None,
+            value: Some(value),
+        }
+    }
+
+    /// The text as received, unless the part was decoded while the envelope was parsed.
+    pub fn raw(&self) -> Option<&str> {
+        self.raw.as_deref().map(RawValue::get)
     }
 
     /// The value, if decoded.
@@ -81,7 +94,8 @@ impl Part {
     /// Decodes (once) and returns the value for reading or changing.
     pub fn decode(&mut self) -> Result<&mut Value, ParseError> {
         if self.value.is_none() {
-            self.value = Some(parse_value(self.raw.get().as_bytes())?);
+            let raw = self.raw().unwrap_or("null");
+            self.value = Some(parse_value(raw.as_bytes())?);
         }
         // Set just above.
         self.value
@@ -97,11 +111,12 @@ impl Part {
     /// Appends the part's JSON: the decoded value if there is one (it may have been changed),
     /// else the original text.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        match &self.value {
-            Some(v) => {
+        match (&self.value, self.raw()) {
+            (Some(v), _) => {
                 let _ = serde_json::to_writer(&mut *out, v);
             }
-            None => out.extend_from_slice(self.raw.get().as_bytes()),
+            (None, Some(raw)) => out.extend_from_slice(raw.as_bytes()),
+            (None, None) => out.extend_from_slice(b"null"),
         }
     }
 }
@@ -219,19 +234,28 @@ fn strict_err<E: de::Error>(msg: impl fmt::Display) -> E {
 
 #[derive(Default)]
 struct Envelope {
-    jsonrpc: Option<Value>,
+    /// Whether `"jsonrpc"` was present, and whether it was exactly the string "2.0".
+    jsonrpc: Option<bool>,
     id: Option<Box<RawValue>>,
     method: Option<Value>,
-    params: Option<Box<RawValue>>,
+    params: Option<Part>,
     result: Option<Box<RawValue>>,
     error: Option<Box<RawValue>>,
+}
+
+/// A client method that is (or, spelled oddly, may be) `tools/call`: its params are needed right
+/// away, so they are decoded during the envelope parse instead of validated then decoded.
+fn looks_like_tools_call(method: Option<&Value>) -> bool {
+    method
+        .and_then(Value::as_str)
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("tools/call"))
 }
 
 impl Envelope {
     fn into_message(self, origin: Origin) -> Result<Message, ParseError> {
         match self.jsonrpc {
-            Some(Value::String(ref v)) if v == "2.0" => {}
-            Some(_) => return Err(ParseError::invalid("\"jsonrpc\" must be \"2.0\"")),
+            Some(true) => {}
+            Some(false) => return Err(ParseError::invalid("\"jsonrpc\" must be \"2.0\"")),
             None => return Err(ParseError::invalid("missing \"jsonrpc\": \"2.0\"")),
         }
         if let Some(id) = &self.id {
@@ -243,20 +267,41 @@ impl Envelope {
             Some(_) => return Err(ParseError::invalid("\"method\" must be a string")),
         };
         if let Some(params) = &self.params {
-            let first = params.get().as_bytes().first();
-            if !matches!(first, Some(b'{' | b'[')) {
-                return Err(ParseError::invalid("\"params\" must be an object or array"));
-            }
-            let keys: &[&str] = if origin == Origin::Client {
+            let keys: &'static [&'static str] = if origin == Origin::Client {
                 &PARAMS_KEYS
             } else {
                 &[]
             };
-            validate(params.get(), keys, "params")?;
+            match (params.raw(), params.decoded()) {
+                (Some(raw), _) => {
+                    if !matches!(raw.as_bytes().first(), Some(b'{' | b'[')) {
+                        return Err(ParseError::invalid("\"params\" must be an object or array"));
+                    }
+                    // A client's params are always checked (the policy may look at them); a
+                    // server's only when decoded (DLP), like its results.
+                    if origin == Origin::Client {
+                        validate(raw, keys, "params")?;
+                    }
+                }
+                (None, Some(Value::Object(map))) => {
+                    // Duplicates were refused while decoding; case variants are checked here.
+                    for key in map.keys() {
+                        if let Some(t) = keys.iter().find(|t| is_case_variant(key, t)) {
+                            return Err(ParseError::invalid(format!(
+                                "in \"params\": key {key:?} is a case variant of {t:?}"
+                            )));
+                        }
+                    }
+                }
+                (None, Some(Value::Array(_))) => {}
+                _ => {
+                    return Err(ParseError::invalid("\"params\" must be an object or array"));
+                }
+            }
         }
-        if let Some(r) = &self.result {
-            validate(r.get(), &[], "result")?;
-        }
+        // A server's `result` is only looked into when something decides on it (DLP, tools/list),
+        // and decoding is strict; otherwise its bytes are forwarded untouched and nothing here
+        // depends on them, so they are not walked twice.
         let kind = match (&method, &self.result, &self.error) {
             (Some(_), None, None) => {
                 if self.id.is_some() {
@@ -293,14 +338,14 @@ impl Envelope {
         }
         let mut error = self.error.map(Part::new);
         if let Some(e) = error.as_mut() {
-            validate(e.raw(), &[], "error")?;
+            validate(e.raw().unwrap_or("null"), &[], "error")?;
             check_error_object(e.decode()?)?;
         }
         Ok(Message {
             kind,
             id: self.id,
             method,
-            params: self.params.map(Part::new),
+            params: self.params,
             result: self.result.map(Part::new),
             error,
         })
@@ -350,9 +395,29 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
         let mut env = Envelope::default();
         let mut unknown = Map::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
+            if key == "params" {
+                if env.params.is_some() {
+                    return Err(strict_err(format_args!("duplicate key {key:?}")));
+                }
+                env.params = Some(
+                    if self.origin == Origin::Client && looks_like_tools_call(env.method.as_ref()) {
+                        Part::decoded_from_start(map.next_value_seed(StrictValue)?)
+                    } else {
+                        Part::new(map.next_value::<Box<RawValue>>()?)
+                    },
+                );
+                continue;
+            }
+            if key == "jsonrpc" {
+                if env.jsonrpc.is_some() {
+                    return Err(strict_err(format_args!("duplicate key {key:?}")));
+                }
+                let v = map.next_value_seed(StrictValue)?;
+                env.jsonrpc = Some(v.as_str() == Some("2.0"));
+                continue;
+            }
             let raw_slot = match key.as_ref() {
-                "params" => Some(&mut env.params),
                 "result" => Some(&mut env.result),
                 "error" => Some(&mut env.error),
                 _ => None,
@@ -365,7 +430,6 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 continue;
             }
             let slot = match key.as_ref() {
-                "jsonrpc" => Some(&mut env.jsonrpc),
                 "method" => Some(&mut env.method),
                 "id" => {
                     if env.id.is_some() {
@@ -398,6 +462,38 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
             *slot = Some(map.next_value_seed(StrictValue)?);
         }
         Ok(env)
+    }
+}
+
+/// An object key, borrowed from the input unless it contains escapes (`Cow<str>`'s own
+/// `Deserialize` always allocates).
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
     }
 }
 
@@ -538,7 +634,7 @@ impl<'de> Visitor<'de> for Validator {
         let inner = Validator { case_keys: &[] };
         let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
         let mut many: Option<std::collections::HashSet<std::borrow::Cow<'de, str>>> = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
             if let Some(t) = self.case_keys.iter().find(|t| is_case_variant(&key, t)) {
                 return Err(strict_err(format_args!(
                     "key {key:?} is a case variant of {t:?}"
@@ -694,12 +790,19 @@ mod tests {
         assert_eq!(m.kind, Kind::Request);
         assert_eq!(m.id_text(), Some("7"));
         assert_eq!(m.method.as_deref(), Some("tools/call"));
+        // tools/call params are decoded with the envelope (they are needed right away) …
         let mut params = m.params.unwrap();
-        assert!(
-            params.decoded().is_none(),
-            "params are decoded only on demand"
-        );
+        assert!(params.decoded().is_some());
         assert_eq!(params.decode().unwrap()["arguments"]["path"], "/tmp/x");
+        // … others only on demand, and so are tools/call params sent before the method.
+        for s in [
+            r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":7,"params":{"name":"a"},"method":"tools/call"}"#,
+        ] {
+            let mut p = client(s).unwrap().params.unwrap();
+            assert!(p.decoded().is_none(), "{s}");
+            assert!(p.decode().is_ok());
+        }
     }
 
     #[test]
@@ -745,8 +848,10 @@ mod tests {
         ] {
             assert_eq!(code(client(s)), codes::INVALID_REQUEST, "{s}");
         }
+        // A server's result is forwarded untouched unless decoded, and decoding is strict.
+        let mut m = server(r#"{"jsonrpc":"2.0","id":1,"result":{"a":1,"a":2}}"#).unwrap();
         assert_eq!(
-            code(server(r#"{"jsonrpc":"2.0","id":1,"result":{"a":1,"a":2}}"#)),
+            m.result.as_mut().unwrap().decode().unwrap_err().code,
             codes::INVALID_REQUEST
         );
     }
@@ -845,12 +950,17 @@ mod tests {
     #[test]
     fn validation_without_decoding_still_rejects_duplicates_deep_inside() {
         let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
-        let s = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{many}"k7":0}}}}"#);
-        assert_eq!(code(server(&s)), codes::INVALID_REQUEST);
-        let s = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{many}"z":0}}}}"#);
-        assert!(server(&s).is_ok());
+        let s =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{{{many}"k7":0}}}}}}"#);
+        assert_eq!(code(client(&s)), codes::INVALID_REQUEST);
+        let s =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{{{many}"z":0}}}}}}"#);
+        assert!(client(&s).is_ok());
         let m = server(r#"{"jsonrpc":"2.0","id":1,"result":{"a": [1, {"b": "\u0041"}]}}"#).unwrap();
-        assert_eq!(m.result.unwrap().raw(), r#"{"a": [1, {"b": "\u0041"}]}"#);
+        assert_eq!(
+            m.result.unwrap().raw(),
+            Some(r#"{"a": [1, {"b": "\u0041"}]}"#)
+        );
     }
 
     #[test]

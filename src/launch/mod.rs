@@ -10,6 +10,7 @@ pub mod plan;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ pub struct Options {
     pub allow_write: Vec<PathBuf>,
     /// How the policy's signature is checked.
     pub signature: SignaturePolicy,
+    /// Remote validation server URL.
+    pub validation_server: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,8 @@ pub enum LaunchError {
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("egress: {0}")]
+    Egress(#[from] crate::egress::EgressError),
     #[error("no server command given")]
     NoCommand,
     #[error("identity: {0}")]
@@ -149,6 +154,8 @@ pub struct Instance {
     pub embedded_server: bool,
     /// Session id (a fresh UUID when `None`; the token service's when identity is on).
     pub session_id: Option<String>,
+    /// Remote validation server URL (`--validation-server`; `$AIP_VALIDATION_SERVER` otherwise).
+    pub validation_server: Option<String>,
 }
 
 /// The client side of a session.
@@ -181,6 +188,7 @@ pub fn run_instance(
         runtime,
         embedded_server,
         session_id,
+        validation_server,
     } = inst;
     let hash = identity::policy_hash(&policy)?;
     let mut ctx = EvalContext::new(&cwd)
@@ -233,6 +241,21 @@ pub fn run_instance(
     if let Some((uid, gid)) = user {
         planned.spec.user = crate::sandbox::User { uid, gid };
     }
+    // spec.egress: listeners inside the sandbox's network namespace, proxy variables, a DNS
+    // stub in resolv.conf, Landlock connect ports; served from this process once it runs.
+    let egress_plan = match policy.egress() {
+        Some(cfg) => {
+            let p = crate::egress::EgressPlan::new(cfg)?;
+            p.apply(&mut planned.spec)?;
+            if runtime.is_none() {
+                return Err(LaunchError::Identity(
+                    "no async runtime for the egress supervisor".into(),
+                ));
+            }
+            Some(p)
+        }
+        None => None,
+    };
     for note in &planned.notes {
         match note.level {
             plan::NoteLevel::Warn => tracing::warn!("{}", note.message),
@@ -240,6 +263,28 @@ pub fn run_instance(
         }
     }
     let spawned = child::spawn(&planned.spec)?;
+    let egress = match (&egress_plan, &runtime) {
+        (Some(p), Some(rt)) => {
+            let _entered = rt.enter();
+            let live = handle.clone();
+            let ctx = crate::egress::SupervisorCtx {
+                in_flight: Arc::new(move || live.current_tool_call()),
+                ..crate::egress::SupervisorCtx::new(
+                    &proxy_config.server_name,
+                    &session_id,
+                    Arc::clone(&audit),
+                )
+            };
+            match crate::egress::Supervisor::start(p, spawned.child.take_listeners(), ctx) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = spawned.child.kill_all();
+                    return Err(e.into());
+                }
+            }
+        }
+        _ => None,
+    };
     let mut start = Record::event("SESSION_START")
         .with("session_id", session_id.as_str())
         .with("server", proxy_config.server_name.as_str())
@@ -267,9 +312,25 @@ pub fn run_instance(
         client_in: client.input,
         client_out: client.output,
         server_in: Box::new(spawned.stdin),
-        server_out: Box::new(spawned.stdout),
+        server_out: Box::new(proxy::SpinRead::new(spawned.stdout, proxy_config.spin)),
         server_err: Some(Box::new(spawned.stderr)),
         diagnostics: client.diagnostics,
+    };
+    let remote = match crate::server::remote_config(validation_server.as_deref(), policy.server())
+        .map_err(|e| LaunchError::Identity(format!("validation server: {e}")))?
+    {
+        None => None,
+        Some(cfg) => {
+            let rt = runtime.clone().ok_or_else(|| {
+                LaunchError::Identity("no runtime for the validation client".into())
+            })?;
+            let validator = crate::server::RemoteValidator::new(cfg, true)
+                .map_err(|e| LaunchError::Identity(format!("validation server: {e}")))?;
+            Some(proxy::Remote {
+                validator: Arc::new(validator),
+                runtime: rt,
+            })
+        }
     };
     let identity = match (&tokens, &runtime) {
         (Some(t), Some(rt)) => Some(proxy::Identity {
@@ -286,9 +347,14 @@ pub fn run_instance(
         approver,
         session_id: session_id.clone(),
         identity,
+        remote,
     };
     let server = Arc::new(child::ServerTree(Arc::clone(&spawned.child)));
     let status = proxy::run(session, streams, server, handle, signals);
+    if let (Some(sup), Some(rt)) = (egress, &runtime) {
+        // Ends open connections and writes their records before SESSION_END.
+        rt.block_on(sup.shutdown());
+    }
     let _ = audit.write(
         &Record::event("SESSION_END")
             .with("session_id", session_id.as_str())
@@ -333,7 +399,8 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
     }
     let needs_runtime = policy.identity().is_some_and(|i| i.enabled)
         || policy.server().is_some_and(|s| s.enabled)
-        || policy.egress().is_some();
+        || policy.egress().is_some()
+        || opts.validation_server.is_some();
     let runtime = if needs_runtime {
         Some(
             tokio::runtime::Builder::new_multi_thread()
@@ -365,9 +432,16 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
         runtime: runtime.as_ref().map(|r| r.handle().clone()),
         embedded_server: true,
         session_id: None,
+        validation_server: opts.validation_server.clone(),
     };
+    // Our own handle on fd 0 (not Stdin's buffer), polled briefly before each blocking read.
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(LaunchError::Runtime)?;
     let client = ClientIo {
-        input: Box::new(std::io::stdin()),
+        input: Box::new(proxy::SpinRead::new(stdin, opts.proxy.spin)),
         output: Box::new(std::io::stdout()),
         diagnostics: Box::new(std::io::stderr()),
     };

@@ -638,16 +638,23 @@ fn contains_path(hay: &str, needle: &str) -> bool {
 /// kernel would, `..` applied after them, a non-existent tail kept as written; `None` when it
 /// cannot be resolved (a loop, no permission), in which case the lexical checks stand alone.
 ///
-/// Fast path: one `openat2(O_PATH, RESOLVE_NO_SYMLINKS)` proves there is no symlink on the way,
-/// so the lexical form is the real one. Otherwise `realpath`, and for paths that do not exist
+/// Fast path: one `openat2(O_PATH, RESOLVE_NO_SYMLINKS)` proves there is no symlink on the way
+/// (it succeeds, or stops at a missing component), so the lexical form is the real one. Otherwise `realpath`, and for paths that do not exist
 /// yet (a file about to be written) a walk that follows dangling symlinks too.
 fn resolve_prefix(raw: &str) -> Option<String> {
     use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat2};
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
-    if openat2(AT_FDCWD, raw, how).is_ok() {
-        return Some(clean(raw, "/"));
+    match openat2(AT_FDCWD, raw, how) {
+        Ok(_) => return Some(clean(raw, "/")),
+        // The walk stopped at a missing component (or a file used as a directory) without
+        // meeting a symlink: the existing prefix is real and the rest cannot be a link yet, so
+        // the lexical form is the real one. Only ELOOP (a symlink on the way) needs more work.
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => {
+            return Some(clean(raw, "/"));
+        }
+        Err(_) => {}
     }
     if let Ok(real) = std::fs::canonicalize(raw) {
         return Some(clean(&real.to_string_lossy(), "/"));

@@ -398,10 +398,9 @@ fn sandbox_validate(cfg: &super::sandbox_config::SandboxConfig) -> Result<(), (S
     cfg.validate()
 }
 
-/// MERGE: replace the body with `cfg.validate()` once `EgressConfig::validate` exists
-/// (owned by the egress work). It returns (field path relative to `spec.egress`, message).
-fn egress_validate(_cfg: &super::egress_config::EgressConfig) -> Result<(), (String, String)> {
-    Ok(())
+/// (field path relative to `spec.egress`, message).
+fn egress_validate(cfg: &super::egress_config::EgressConfig) -> Result<(), (String, String)> {
+    cfg.validate()
 }
 
 fn extension_check(c: &Checker<'_>, section: &str, r: Result<(), (String, String)>) -> Checked<()> {

@@ -89,21 +89,25 @@ pub(super) fn request(
     }
 }
 
-/// Redacts the server-originated parts of `msg` in place; returns the hits.
-pub(super) fn scan_response(sh: &Shared, msg: &mut Message) -> Vec<Hit> {
+/// Redacts the server-originated parts of `msg` in place; returns the hits. An error means a
+/// part could not be decoded (e.g. duplicate keys): the message must not be forwarded, since
+/// it could not be scanned.
+pub(super) fn scan_response(
+    sh: &Shared,
+    msg: &mut Message,
+) -> Result<Vec<Hit>, crate::jsonrpc::ParseError> {
     let Some(dlp) = sh.engine.dlp() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     if !dlp.scans(DlpDirection::Response) {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut hits: Vec<Hit> = Vec::new();
     for part in [msg.result.as_mut(), msg.error.as_mut(), msg.params.as_mut()]
         .into_iter()
         .flatten()
     {
-        // Validated already; decoding the same text cannot fail short of memory.
-        let Ok(value) = part.decode() else { continue };
+        let value = part.decode()?;
         for h in dlp.redact_value(value, DlpDirection::Response).hits {
             match hits.iter_mut().find(|x| x.rule == h.rule) {
                 Some(x) => x.count += h.count,
@@ -111,7 +115,7 @@ pub(super) fn scan_response(sh: &Shared, msg: &mut Message) -> Vec<Hit> {
             }
         }
     }
-    hits
+    Ok(hits)
 }
 
 /// A copy of `v` with DLP applied, for audit records and dialogs: request patterns when the

@@ -155,13 +155,21 @@ fn handle_response(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
     let mut changed = false;
     if req.method == "tools/list"
         && msg.kind == Kind::Response
-        && let Some(Ok(result)) = msg.result.as_mut().map(|r| r.decode())
+        && let Some(part) = msg.result.as_mut()
     {
+        let result = match part.decode() {
+            Ok(r) => r,
+            // A listing that cannot be read cannot be filtered: it is not forwarded.
+            Err(e) => return refuse_undecodable(sh, &req.id_text, &e, batch),
+        };
         let report = tools::on_tools_list(sh, result);
         changed |= report.changed;
         batch.records.extend(report.records);
     }
-    let hits = dlp::scan_response(sh, &mut msg);
+    let hits = match dlp::scan_response(sh, &mut msg) {
+        Ok(h) => h,
+        Err(e) => return refuse_undecodable(sh, &req.id_text, &e, batch),
+    };
     if !hits.is_empty() {
         changed = true;
         batch.records.extend(records::dlp_response(
@@ -180,9 +188,51 @@ fn handle_response(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
     }
 }
 
+/// A response whose content had to be inspected but could not be decoded: the client gets an
+/// error for its request instead.
+fn refuse_undecodable(
+    sh: &Shared,
+    id_text: &str,
+    e: &crate::jsonrpc::ParseError,
+    batch: &mut Batch,
+) {
+    let reason = format!("the server's answer could not be inspected: {}", e.reason);
+    batch.records.push(records::server_message_rejected(
+        sh,
+        Some(id_text),
+        &reason,
+        true,
+    ));
+    let err = ErrorReply::standard(codes::INTERNAL_ERROR, reason);
+    batch.forward.extend_from_slice(&err.to_line(Some(id_text)));
+}
+
 /// Server requests and notifications: DLP over their params, then forward.
 fn forward_scanned(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch) {
-    let hits = dlp::scan_response(sh, &mut msg);
+    let hits = match dlp::scan_response(sh, &mut msg) {
+        Ok(h) => h,
+        Err(e) => {
+            // Not forwarded: it could not be scanned. A server request gets an error back, so
+            // the server does not wait for an answer that will never come.
+            if msg.kind == Kind::Request
+                && let Some(id) = msg.id.as_deref()
+            {
+                sh.pending().take_server(id);
+                let err = ErrorReply::standard(
+                    codes::INTERNAL_ERROR,
+                    format!("the proxy could not inspect this request: {}", e.reason),
+                );
+                let _ = sh.to_server.write(&err.to_line(msg.id_text()));
+            }
+            batch.records.push(records::server_message_rejected(
+                sh,
+                msg.id_text(),
+                &format!("server message could not be inspected: {}", e.reason),
+                false,
+            ));
+            return;
+        }
+    };
     if hits.is_empty() {
         batch.forward.extend_from_slice(line);
         batch.forward.push(b'\n');

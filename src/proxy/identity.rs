@@ -95,11 +95,11 @@ pub(super) fn strip(msg: &mut Message, tool: &str) -> Result<(Option<String>, bo
     };
     // Decoding every request's params would cost; a token key can only hide behind the word
     // "token" or an escape sequence.
-    if part.decoded().is_none() {
-        let raw = part.raw();
-        if !(raw.contains('\\') || raw.to_ascii_lowercase().contains("token")) {
-            return Ok((None, false));
-        }
+    if part.decoded().is_none()
+        && let Some(raw) = part.raw()
+        && !(raw.contains('\\') || raw.to_ascii_lowercase().contains("token"))
+    {
+        return Ok((None, false));
     }
     let Ok(params) = part.decode() else {
         return Ok((None, false));

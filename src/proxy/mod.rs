@@ -18,6 +18,7 @@ mod lifecycle;
 mod output;
 mod pending;
 mod records;
+mod spin;
 mod tools;
 mod upstream;
 
@@ -37,6 +38,7 @@ pub use lifecycle::Event;
 use lifecycle::Shutdown;
 use output::Output;
 use pending::Pending;
+pub use spin::SpinRead;
 
 /// Tunables of one session.
 #[derive(Debug, Clone)]
@@ -59,6 +61,9 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Server name for approvals and audit (command name, or the daemon's server name).
     pub server_name: String,
+    /// How long a pump polls its input after handling a message before it sleeps in `read`
+    /// (see `SpinRead`); zero disables polling.
+    pub spin: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +78,7 @@ impl Default for ProxyConfig {
             kill_grace: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(2),
             server_name: "server".into(),
+            spin: Duration::from_micros(100),
         }
     }
 }
@@ -124,6 +130,16 @@ pub struct Session {
     pub session_id: String,
     /// Identity tokens (`spec.identity.enabled`).
     pub identity: Option<Identity>,
+    /// A remote validation server that must also allow each call.
+    pub remote: Option<Remote>,
+}
+
+/// A remote AIP validation server (`--validation-server`): every tool call the local policy
+/// allows must also be allowed there; when it cannot answer, `spec.server.failover_mode` decides.
+#[derive(Clone)]
+pub struct Remote {
+    pub validator: Arc<crate::server::RemoteValidator>,
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Live view of a session for other components (egress audit asks which call is in flight).
@@ -198,6 +214,7 @@ pub(crate) struct Shared {
     approver: Arc<dyn Approver>,
     session_id: String,
     identity: Option<Identity>,
+    remote: Option<Remote>,
     to_server: Output,
     to_client: Output,
     stderr: Mutex<Box<dyn Write + Send>>,
@@ -265,6 +282,7 @@ pub fn run(
         approver: session.approver,
         session_id: session.session_id,
         identity: session.identity,
+        remote: session.remote,
     });
     *handle.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&sh));
 

@@ -185,6 +185,20 @@ pub(super) fn dlp_request(
         .with_opt("failure_reason", failure_reason)
 }
 
+pub(super) fn remote_validation(
+    sh: &Shared,
+    id_text: Option<&str>,
+    tool: &str,
+    verdict: &str,
+    failover: Option<&str>,
+) -> Record {
+    event(sh, "REMOTE_VALIDATION", Direction::Upstream)
+        .with("request_id", id_value(id_text))
+        .with("tool", tool)
+        .with("remote_decision", verdict)
+        .with_opt("failover_mode", failover)
+}
+
 pub(super) fn tool_definition_changed(sh: &Shared, tool: &str, old: &str, new: &str) -> Record {
     event(sh, "TOOL_DEFINITION_CHANGED", Direction::Downstream)
         .with("tool", tool)

@@ -87,8 +87,12 @@ pub(super) fn on_tools_list(sh: &Shared, result: &mut Value) -> ListReport {
 }
 
 /// A client's `tools/list` without a cursor starts a new listing.
-pub(super) fn listing_started(sh: &Shared, params: Option<&str>) {
-    let has_cursor = params.is_some_and(|p| p.contains("\"cursor\""));
+pub(super) fn listing_started(sh: &Shared, msg: &mut crate::jsonrpc::Message) {
+    let has_cursor = msg
+        .params
+        .as_mut()
+        .and_then(|p| p.decode().ok())
+        .is_some_and(|p| p.get("cursor").is_some_and(|c| !c.is_null()));
     if !has_cursor {
         sh.tools
             .lock()

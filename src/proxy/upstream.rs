@@ -16,8 +16,7 @@ use crate::audit::Record;
 use crate::jsonrpc::{ErrorReply, Frame, Kind, LineReader, Message, Origin, codes, parse};
 
 use super::Shared;
-use super::approval::start_approval;
-use super::decide::{CallOutcome, MethodOutcome};
+use super::decide::{CallAction, CallOutcome, MethodOutcome};
 use super::lifecycle::Event;
 use super::pending::Refused;
 use super::records;
@@ -251,6 +250,9 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batc
     } else {
         line
     };
+    if gate.normalized == "tools/list" {
+        super::tools::listing_started(sh, &mut msg);
+    }
     let id = msg.id.as_deref();
     let id_text = msg.id_text();
     match gate.normalized.as_str() {
@@ -262,7 +264,6 @@ fn handle_call(sh: &Arc<Shared>, line: &[u8], mut msg: Message, batch: &mut Batc
                 .push(records::method_decision(sh, id_text, &gate.raw, &gate));
             return;
         }
-        "tools/list" => super::tools::listing_started(sh, msg.params.as_ref().map(|p| p.raw())),
         _ => {}
     }
     batch
@@ -340,7 +341,8 @@ fn handle_tool_call(
     let params = msg.params_value().and_then(Value::as_object);
     let name = params.and_then(|p| p.get("name")).and_then(Value::as_str);
     let arguments = params.and_then(|p| p.get("arguments"));
-    let params_len = msg.params.as_ref().map_or(0, |p| p.raw().len());
+    // The line bounds the size of the arguments (for the audit record's size check).
+    let params_len = line.len();
     let (Some(name), true) = (name, arguments.is_none_or(Value::is_object)) else {
         let reason = "tools/call needs params {\"name\": string, \"arguments\"?: object}";
         batch.records.push(records::rejected(
@@ -355,11 +357,17 @@ fn handle_tool_call(
         );
         return;
     };
-    // Step 0 (v1alpha2): the identity token, before any other check.
+    // Step 0 (v1alpha2): the identity token, before any other check. With a remote validation
+    // server the token goes there (validating it here too would spend its single use).
     let mut token_id = None;
     if let Some(identity) = sh.identity.as_ref() {
         let tool = crate::policy::normalize(name);
-        match super::identity::check_token(sh, identity, tool.as_ref(), token.as_deref()) {
+        let step = if sh.remote.is_some() && token.is_some() {
+            super::identity::TokenStep::Pass { token_id: None }
+        } else {
+            super::identity::check_token(sh, identity, tool.as_ref(), token.as_deref())
+        };
+        match step {
             super::identity::TokenStep::Pass { token_id: t } => token_id = t,
             super::identity::TokenStep::Refuse { error, record } => {
                 batch.records.push(record);
@@ -371,52 +379,48 @@ fn handle_tool_call(
     let mut outcome = CallOutcome::of(&sh.engine, name, arguments);
     outcome.token_id = token_id;
     // The listed tools and schema_hash (after the allowlist, before asking a human).
-    if !matches!(outcome.action, super::decide::CallAction::Deny(_))
+    if !matches!(outcome.action, CallAction::Deny(_))
         && let Some(refusal) = super::tools::check_call(sh, name, &outcome.tool)
     {
         outcome.refuse(&sh.engine, refusal, sh.enforcing());
     }
-    match outcome.action {
-        super::decide::CallAction::Deny(ref err) => {
-            batch.records.push(records::call_decision(
-                sh, id_text, &gate.raw, &outcome, arguments, params_len,
-            ));
-            batch.reply(id_text, err);
-        }
-        super::decide::CallAction::Forward => {
-            if let Err(why) =
-                sh.pending()
-                    .insert_client(id, "tools/call", Some(&outcome.tool), None)
-            {
-                sh.engine.refund(&outcome.verdict);
-                batch.reply(id_text, &refused_error(why));
-                return;
-            }
-            batch.records.push(records::call_decision(
-                sh, id_text, &gate.raw, &outcome, arguments, params_len,
-            ));
-            forward_checked_call(sh, line, msg, &outcome, arguments, batch);
-        }
-        super::decide::CallAction::Ask => {
-            let cancel = crate::approval::Cancel::new();
-            let reserved = sh.pending().insert_client(
-                id,
-                "tools/call",
-                Some(&outcome.tool),
-                Some(cancel.clone()),
-            );
-            if let Err(why) = reserved {
-                sh.engine.refund(&outcome.verdict);
-                batch.reply(id_text, &refused_error(why));
-                return;
-            }
-            batch.records.push(records::call_decision(
-                sh, id_text, &gate.raw, &outcome, arguments, params_len,
-            ));
-            // The approval thread audits its answer and forwards or replies on its own; flush
+    if let CallAction::Deny(ref err) = outcome.action {
+        batch.records.push(records::call_decision(
+            sh, id_text, &gate.raw, &outcome, arguments, params_len,
+        ));
+        batch.reply(id_text, err);
+        return;
+    }
+    let deferred = matches!(outcome.action, CallAction::Ask) || sh.remote.is_some();
+    let cancel = deferred.then(crate::approval::Cancel::new);
+    if let Err(why) =
+        sh.pending()
+            .insert_client(id, "tools/call", Some(&outcome.tool), cancel.clone())
+    {
+        sh.engine.refund(&outcome.verdict);
+        batch.reply(id_text, &refused_error(why));
+        return;
+    }
+    batch.records.push(records::call_decision(
+        sh, id_text, &gate.raw, &outcome, arguments, params_len,
+    ));
+    match cancel {
+        None => forward_checked_call(sh, line, msg, &outcome, arguments, batch),
+        Some(cancel) => {
+            // The deferred thread audits its outcome and forwards or replies on its own; flush
             // what came before so the order of records stays the order of events.
             flush(sh, batch);
-            start_approval(sh, line.to_vec(), msg.clone(), outcome, cancel);
+            let remote = sh.remote.is_some().then_some(token);
+            super::approval::start(
+                sh,
+                super::approval::Deferred {
+                    line: line.to_vec(),
+                    msg: msg.clone(),
+                    outcome,
+                    cancel,
+                    remote,
+                },
+            );
         }
     }
 }

@@ -852,3 +852,366 @@ fn a_policy_with_a_bad_signature_is_refused_with_32010() {
     assert_eq!(r.drv.wait(Duration::from_secs(10)).code(), Some(2));
     assert!(r.received().is_empty());
 }
+
+/// An `aip server` on a free loopback port, killed on drop.
+struct ValidationServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ValidationServer {
+    fn start(policy: &Path) -> ValidationServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(aip_bin())
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--policy",
+            ])
+            .arg(policy)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the validation server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        ValidationServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/validate", self.port)
+    }
+}
+
+impl Drop for ValidationServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_remote_validation_server_must_also_allow_each_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = policy_file(
+        dir.path(),
+        "central.yaml",
+        "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {name: central}\nspec:\n  allowed_tools: [echo]\n",
+    );
+    let local = |failover: &str| {
+        policy_file(
+            dir.path(),
+            &format!("local-{failover}.yaml"),
+            &format!(
+                "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {{name: local}}\nspec:\n  allowed_tools: [echo, delete_file]\n  server:\n    failover_mode: {failover}\n    timeout: 2s\n"
+            ),
+        )
+    };
+    let server = ValidationServer::start(&central);
+    let mut r = start_with(
+        &local("fail_closed"),
+        &["--validation-server", &server.url()],
+        &[],
+    );
+    let reply = r.drv.call(&call(json!(1), "echo", json!({"text": "hi"})));
+    assert!(reply["result"].is_object(), "{reply}");
+    // Allowed locally, refused centrally.
+    let reply = r
+        .drv
+        .call(&call(json!(2), "delete_file", json!({"path": "/tmp/x"})));
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert_eq!(
+        reply["error"]["data"]["reason"],
+        "Tool not in allowed_tools list"
+    );
+    // Pings are not stalled by a call waiting for the server.
+    r.drv.call(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#);
+    let recs = audit_records(&r.audit());
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "REMOTE_VALIDATION" && x["tool"] == "delete_file")
+    );
+    drop(r);
+
+    // The server is gone: fail_closed refuses, local_policy falls back to the local policy.
+    let url = server.url();
+    drop(server);
+    let mut r = start_with(&local("fail_closed"), &["--validation-server", &url], &[]);
+    let reply = r.drv.call(&call(json!(1), "echo", json!({})));
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert_eq!(reply["error"]["data"]["reason"], "validation_unavailable");
+    let mut r = start_with(&local("local_policy"), &["--validation-server", &url], &[]);
+    let reply = r
+        .drv
+        .call(&call(json!(1), "delete_file", json!({"path": "/tmp/x"})));
+    assert!(reply["result"].is_object(), "{reply}");
+    let recs = audit_records(&r.audit());
+    assert!(
+        recs.iter()
+            .any(|x| x["event"] == "REMOTE_VALIDATION" && x["failover_mode"] == "local_policy")
+    );
+}
+
+#[test]
+fn a_server_answer_that_cannot_be_scanned_is_not_forwarded() {
+    // A "server" whose answer hides a second, secret value under a duplicate key.
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("dup.sh");
+    std::fs::write(
+        &server,
+        "#!/bin/sh\nread -r line\nprintf '%s\\n' '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"fine\",\"text\":\"AKIAIOSFODNN7EXAMPLE\"}]}}'\nsleep 5\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(aip_bin());
+    cmd.args(["run", "--no-sandbox", "--policy"])
+        .arg(data("policies/proxy.yaml"))
+        .arg("--audit")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--")
+        .arg(&server);
+    let mut drv = Driver::spawn(cmd);
+    let reply = drv.call(&call(json!(1), "echo", json!({})));
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+    assert!(!reply.to_string().contains("AKIA"));
+}
+
+mod forwarded_is_evaluated {
+    //! Property: every line the server receives is byte-identical to a line the client sent, and
+    //! that line, parsed strictly and evaluated by the same engine, is allowed. Lines the strict
+    //! parser refuses never reach the server. Runs the real `proxy::run` in process.
+
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    use aip::approval::NoApprover;
+    use aip::audit::MemorySink;
+    use aip::jsonrpc::{Kind, Origin, parse};
+    use aip::policy::{Engine, EvalContext, load_str};
+    use aip::proxy::{
+        self, ProxyConfig, ServerExit, ServerProcess, Session, SessionHandle, Streams,
+    };
+    use proptest::prelude::*;
+
+    const POLICY: &str = "apiVersion: aip.io/v1alpha1\nkind: AgentPolicy\nmetadata: {name: prop}\nspec:\n  allowed_tools: [echo]\n  tool_rules:\n    - tool: read\n      allow_args: {path: '^/tmp/'}\n";
+
+    /// A server that only reads: it records every line and exits at end of input.
+    struct Recorder(Mutex<Option<std::thread::JoinHandle<Vec<String>>>>);
+
+    impl ServerProcess for Recorder {
+        fn terminate(&self) {}
+        fn kill(&self) {}
+        fn wait(&self) -> std::io::Result<ServerExit> {
+            loop {
+                if self
+                    .0
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_none_or(|h| h.is_finished())
+                {
+                    return Ok(ServerExit::Code(0));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    }
+
+    fn engine() -> Engine {
+        Engine::new(
+            Arc::new(load_str(POLICY, "prop.yaml").unwrap()),
+            EvalContext::new("/tmp"),
+        )
+    }
+
+    fn allowed(engine: &Engine, line: &str) -> bool {
+        let Ok(mut m) = parse(line.as_bytes(), Origin::Client) else {
+            return false;
+        };
+        if !matches!(m.kind, Kind::Request | Kind::Notification) {
+            return false;
+        }
+        let gate = engine.check_method(m.method.as_deref().unwrap_or_default());
+        if !gate.allowed() {
+            return false;
+        }
+        if !gate.is_tools_call() {
+            return true;
+        }
+        let Some(Ok(params)) = m.params.as_mut().map(|p| p.decode().cloned()) else {
+            return false;
+        };
+        let name = params
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default();
+        m.id.is_some()
+            && engine
+                .check_tool_call(name, params.get("arguments"))
+                .forwards()
+    }
+
+    fn run(lines: &[String]) -> Vec<String> {
+        let (client_read, mut to_proxy) = std::io::pipe().unwrap();
+        let (mut from_proxy, client_write) = std::io::pipe().unwrap();
+        let (server_read, server_write) = std::io::pipe().unwrap();
+        let (server_out_read, server_out_write) = std::io::pipe().unwrap();
+        // The server's stdout stays open (and silent) until it has read all its input.
+        let recorder = std::thread::spawn(move || {
+            let got = BufReader::new(server_read)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>();
+            drop(server_out_write);
+            got
+        });
+        let server = Arc::new(Recorder(Mutex::new(Some(recorder))));
+        let session = Session {
+            config: ProxyConfig {
+                shutdown_grace: std::time::Duration::from_millis(50),
+                ..ProxyConfig::default()
+            },
+            engine: Arc::new(engine()),
+            audit: Arc::new(MemorySink::default()),
+            approver: Arc::new(NoApprover),
+            session_id: "prop".into(),
+            identity: None,
+            remote: None,
+        };
+        let server_out: Box<dyn Read + Send> = Box::new(server_out_read);
+        let streams = Streams {
+            client_in: Box::new(client_read),
+            client_out: Box::new(client_write),
+            server_in: Box::new(server_write),
+            server_out,
+            server_err: None,
+            diagnostics: Box::new(std::io::sink()),
+        };
+        let srv = Arc::clone(&server);
+        let proxy = std::thread::spawn(move || {
+            proxy::run(session, streams, srv, &SessionHandle::new(), false)
+        });
+        for l in lines {
+            to_proxy.write_all(l.as_bytes()).unwrap();
+            to_proxy.write_all(b"\n").unwrap();
+        }
+        drop(to_proxy);
+        let mut sink = Vec::new();
+        let _ = from_proxy.read_to_end(&mut sink);
+        proxy.join().unwrap();
+        let handle = server.0.lock().unwrap().take().unwrap();
+        handle.join().unwrap()
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("jsonrpc".to_string()),
+            Just("id".to_string()),
+            Just("method".to_string()),
+            Just("params".to_string()),
+            Just("Method".to_string()),
+            Just("ID".to_string()),
+            Just("extra".to_string()),
+        ]
+    }
+
+    fn value_for(key: &str) -> BoxedStrategy<String> {
+        match key {
+            "jsonrpc" => {
+                prop_oneof![Just("\"2.0\"".to_string()), Just("\"1.0\"".to_string())].boxed()
+            }
+            "id" | "ID" => prop_oneof![
+                (0u32..5).prop_map(|i| i.to_string()),
+                Just("\"a\"".to_string()),
+                Just("null".to_string())
+            ]
+            .boxed(),
+            "method" | "Method" => prop_oneof![
+                Just("\"tools/call\"".to_string()),
+                Just("\"TOOLS/CALL\"".to_string()),
+                Just("\"ping\"".to_string()),
+                Just("\"resources/read\"".to_string()),
+                Just("\"tools/list\"".to_string())
+            ]
+            .boxed(),
+            "params" => prop_oneof![
+                Just(r#"{"name":"echo"}"#.to_string()),
+                Just(r#"{"name":"read","arguments":{"path":"/tmp/x"}}"#.to_string()),
+                Just(r#"{"name":"read","arguments":{"path":"/etc/passwd"}}"#.to_string()),
+                Just(
+                    r#"{"name":"read","arguments":{"path":"/tmp/x","path":"/etc/passwd"}}"#
+                        .to_string()
+                ),
+                Just(r#"{"name":"echo","name":"delete"}"#.to_string()),
+                Just(r#"{"name":"echo","Name":"delete"}"#.to_string()),
+                Just(r#"{"name":"delete"}"#.to_string()),
+                Just(r#"[1,2]"#.to_string())
+            ]
+            .boxed(),
+            _ => Just("1".to_string()).boxed(),
+        }
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            key().prop_flat_map(|k| value_for(&k).prop_map(move |v| (k.clone(), v))),
+            1..6,
+        )
+        .prop_flat_map(|pairs| {
+            let n = pairs.len();
+            (
+                Just(pairs),
+                prop::collection::vec(prop_oneof![Just(""), Just(" ")], n),
+            )
+        })
+        .prop_map(|(pairs, spaces)| {
+            let body: Vec<String> = pairs
+                .iter()
+                .zip(spaces)
+                .map(|((k, v), sp)| format!("{sp}\"{k}\"{sp}:{v}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    #[test]
+    fn the_harness_forwards_what_it_should() {
+        let ok_call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+        let ping = r#"{ "method" : "ping", "jsonrpc":"2.0", "id":"a" }"#;
+        let dup = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","name":"delete"}}"#;
+        let bad_path = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"read","arguments":{"path":"/etc/passwd"}}}"#;
+        let lines: Vec<String> = [ok_call, ping, dup, bad_path].map(String::from).to_vec();
+        assert_eq!(run(&lines), vec![ok_call.to_string(), ping.to_string()]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+        #[test]
+        fn only_allowed_lines_reach_the_server_byte_for_byte(lines in prop::collection::vec(line(), 1..30)) {
+            let engine = engine();
+            let received = run(&lines);
+            for r in &received {
+                prop_assert!(lines.contains(r), "server got a line the client never sent: {}", r);
+                prop_assert!(allowed(&engine, r), "server got a line the engine refuses: {}", r);
+            }
+            // And every allowed request with a unique id got through (ids may repeat in the
+            // generated input; a repeated in-flight id is refused by design).
+            let mut seen_ids = std::collections::HashSet::new();
+            for l in &lines {
+                if allowed(&engine, l) {
+                    let id = serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("id").cloned());
+                    let unique = id.as_ref().is_none_or(|i| seen_ids.insert(i.to_string()));
+                    if unique && id.is_none() {
+                        prop_assert!(received.contains(l), "allowed notification not forwarded: {}", l);
+                    }
+                }
+            }
+        }
+    }
+}

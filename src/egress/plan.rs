@@ -1,0 +1,291 @@
+//! What the sandbox must look like for egress control, derived from `spec.egress`: the listening
+//! sockets its network namespace gets (`sandbox::net::NetMode::Egress`), the proxy environment,
+//! the `resolv.conf` and `hosts` files, and the TCP ports Landlock should let it connect to.
+//!
+//! Plain data, no I/O beyond probing whether the kernel has IPv6. The listener order defined here
+//! is the order the supervisor expects the sockets back in.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use crate::policy::egress_config::EgressConfig;
+use crate::sandbox::net::{EgressNet, ListenerRequest, NetMode, Proto};
+use crate::sandbox::{GeneratedFile, SandboxSpec};
+
+use super::EgressError;
+use super::rules::Rules;
+
+pub const HTTP_PROXY_PORT: u16 = 3128;
+pub const SOCKS_PORT: u16 = 1080;
+pub const DNS_PORT: u16 = 53;
+
+/// What a listening socket is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// HTTP proxy (CONNECT and absolute-form) on 127.0.0.1:3128.
+    HttpProxy,
+    /// SOCKS5 on 127.0.0.1:1080.
+    Socks,
+    /// DNS stub, UDP, 127.0.0.1:53.
+    DnsUdp,
+    /// DNS stub, TCP, 127.0.0.1:53.
+    DnsTcp,
+    /// Transparent capture on a wildcard address (IPv4 or IPv6) for this port.
+    Capture(u16),
+}
+
+/// Egress control for one sandbox: compiled rules and the sandbox-side setup they need.
+#[derive(Debug, Clone)]
+pub struct EgressPlan {
+    rules: Arc<Rules>,
+    listeners: Vec<(Role, ListenerRequest)>,
+}
+
+impl EgressPlan {
+    /// Compiles `spec.egress` and lays out the listeners (IPv6 capture listeners only when this
+    /// kernel has IPv6).
+    pub fn new(cfg: &EgressConfig) -> Result<EgressPlan, EgressError> {
+        Self::with_ipv6(cfg, kernel_has_ipv6())
+    }
+
+    /// As [`EgressPlan::new`], with IPv6 capture listeners on or off explicitly.
+    pub fn with_ipv6(cfg: &EgressConfig, ipv6: bool) -> Result<EgressPlan, EgressError> {
+        let rules = Arc::new(Rules::compile(cfg)?);
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let tcp = |ip: IpAddr, port| ListenerRequest {
+            addr: SocketAddr::new(ip, port),
+            proto: Proto::Tcp,
+        };
+        let mut listeners = vec![
+            (Role::HttpProxy, tcp(lo, HTTP_PROXY_PORT)),
+            (Role::Socks, tcp(lo, SOCKS_PORT)),
+            (
+                Role::DnsUdp,
+                ListenerRequest {
+                    addr: SocketAddr::new(lo, DNS_PORT),
+                    proto: Proto::Udp,
+                },
+            ),
+            (Role::DnsTcp, tcp(lo, DNS_PORT)),
+        ];
+        for &port in rules.capture_ports() {
+            listeners.push((
+                Role::Capture(port),
+                tcp(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            ));
+            if ipv6 {
+                listeners.push((
+                    Role::Capture(port),
+                    tcp(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+                ));
+            }
+        }
+        Ok(EgressPlan { rules, listeners })
+    }
+
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.rules
+    }
+
+    /// The listeners, in the order `sandbox::net::setup_in_netns` returns their sockets.
+    pub fn listeners(&self) -> &[(Role, ListenerRequest)] {
+        &self.listeners
+    }
+
+    /// The sandbox's network: a fresh namespace with these listeners and the capture routes.
+    pub fn net_mode(&self) -> NetMode {
+        NetMode::Egress(EgressNet {
+            listeners: self.listeners.iter().map(|(_, r)| r.clone()).collect(),
+            capture_routes: true,
+        })
+    }
+
+    /// Environment for proxy-aware clients (added to the server's environment).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let http = format!("http://127.0.0.1:{HTTP_PROXY_PORT}");
+        let socks = format!("socks5h://127.0.0.1:{SOCKS_PORT}");
+        let no_proxy = "localhost,127.0.0.1,::1".to_owned();
+        let mut env: Vec<(String, String)> = Vec::new();
+        for k in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "npm_config_proxy",
+            "npm_config_https_proxy",
+            "YARN_HTTP_PROXY",
+            "YARN_HTTPS_PROXY",
+            "PIP_PROXY",
+            "grpc_proxy",
+        ] {
+            env.push((k.into(), http.clone()));
+        }
+        env.push(("ALL_PROXY".into(), socks.clone()));
+        env.push(("all_proxy".into(), socks));
+        env.push(("NO_PROXY".into(), no_proxy.clone()));
+        env.push(("no_proxy".into(), no_proxy));
+        // Node >= 22.21 / 24.5: built-in fetch and http(s) honour the variables above. Older
+        // Node ignores it; its connections take the transparent path.
+        env.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
+        env
+    }
+
+    /// `/etc/resolv.conf` for the sandbox: the stub only.
+    pub fn resolv_conf(&self) -> String {
+        "# generated by aip: the egress DNS stub answers allowed names only\nnameserver 127.0.0.1\noptions edns0 timeout:1 attempts:2\n".into()
+    }
+
+    /// `/etc/hosts` for the sandbox: loopback names only.
+    pub fn hosts(&self) -> String {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into()
+    }
+
+    /// TCP ports Landlock (ABI >= 4) should allow the server to connect to: the proxies, the DNS
+    /// stub and the capture ports (every other port has no listener anyway; this is defence in
+    /// depth). Sorted, without duplicates.
+    pub fn landlock_connect_ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.listeners.iter().map(|(_, r)| r.addr.port()).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+}
+
+impl EgressPlan {
+    /// Makes a planned sandbox egress-ready: its network namespace gets the listeners and capture
+    /// routes, the proxy variables replace any same-named ones in its environment, the generated
+    /// `/etc/resolv.conf` and `/etc/hosts` are ours, and Landlock may connect only to our ports.
+    /// Refused for a sandbox that shares the host network or is disabled (`--no-sandbox`):
+    /// egress control needs the sandbox's own network namespace.
+    pub fn apply(&self, spec: &mut SandboxSpec) -> Result<(), EgressError> {
+        if !spec.enabled {
+            return Err(EgressError::NeedsSandbox(
+                "the sandbox is disabled (--no-sandbox), so nothing would enforce spec.egress; \
+                 run with the sandbox, or remove spec.egress"
+                    .into(),
+            ));
+        }
+        if spec.net == NetMode::Host {
+            return Err(EgressError::NeedsSandbox(
+                "spec.sandbox.network is `host`, which bypasses spec.egress; use the default \
+                 network (none) with spec.egress, or remove spec.egress"
+                    .into(),
+            ));
+        }
+        spec.net = self.net_mode();
+        let env = self.env();
+        spec.env
+            .retain(|(k, _)| !env.iter().any(|(name, _)| k.as_os_str() == name.as_str()));
+        spec.env
+            .extend(env.into_iter().map(|(k, v)| (k.into(), v.into())));
+        spec.files.retain(|f| {
+            f.path != std::path::Path::new("/etc/resolv.conf")
+                && f.path != std::path::Path::new("/etc/hosts")
+        });
+        for (path, contents) in [
+            ("/etc/resolv.conf", self.resolv_conf()),
+            ("/etc/hosts", self.hosts()),
+        ] {
+            spec.files.push(GeneratedFile {
+                path: path.into(),
+                contents: contents.into_bytes(),
+                mode: 0o644,
+            });
+        }
+        spec.landlock.connect_tcp = self.landlock_connect_ports();
+        spec.landlock.connect_udp = self.landlock_connect_udp_ports();
+        Ok(())
+    }
+
+    /// UDP ports Landlock (where it restricts UDP) should allow the server to send to: the DNS
+    /// stub only.
+    pub fn landlock_connect_udp_ports(&self) -> Vec<u16> {
+        vec![DNS_PORT]
+    }
+}
+
+/// Whether the kernel can create IPv6 sockets (false when booted with `ipv6.disable=1`).
+pub fn kernel_has_ipv6() -> bool {
+    std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::egress_config::EgressMode;
+
+    #[test]
+    fn layout_env_and_ports() {
+        let cfg = EgressConfig {
+            mode: Some(EgressMode::Block),
+            allowed_hosts: vec!["a.com".into()],
+            allowed_ports: Some(vec![443, 8443]),
+            capture_ports: vec![22],
+            ..Default::default()
+        };
+        let p = EgressPlan::with_ipv6(&cfg, true).unwrap();
+        let roles: Vec<Role> = p.listeners().iter().map(|(r, _)| *r).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::HttpProxy,
+                Role::Socks,
+                Role::DnsUdp,
+                Role::DnsTcp,
+                Role::Capture(22),
+                Role::Capture(22),
+                Role::Capture(80),
+                Role::Capture(80),
+                Role::Capture(443),
+                Role::Capture(443),
+                Role::Capture(8443),
+                Role::Capture(8443),
+            ]
+        );
+        assert_eq!(
+            p.landlock_connect_ports(),
+            [22, 53, 80, 443, 1080, 3128, 8443]
+        );
+        let NetMode::Egress(net) = p.net_mode() else {
+            panic!()
+        };
+        assert!(net.capture_routes);
+        assert_eq!(net.listeners[4].addr.to_string(), "0.0.0.0:22");
+        assert_eq!(net.listeners[5].addr.to_string(), "[::]:22");
+        let env = p.env();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("https_proxy"), Some("http://127.0.0.1:3128"));
+        assert_eq!(get("ALL_PROXY"), Some("socks5h://127.0.0.1:1080"));
+        assert_eq!(get("NODE_USE_ENV_PROXY"), Some("1"));
+        assert!(p.resolv_conf().contains("nameserver 127.0.0.1\n"));
+        let v4only = EgressPlan::with_ipv6(&cfg, false).unwrap();
+        assert_eq!(v4only.listeners().len(), 8);
+    }
+
+    #[test]
+    fn the_largest_plan_fits_one_handover() {
+        use crate::policy::egress_config::MAX_CAPTURE_PORTS;
+        let cfg = EgressConfig {
+            mode: Some(EgressMode::Block),
+            capture_ports: (2000..2000 + MAX_CAPTURE_PORTS as u16 - 2).collect(),
+            ..Default::default()
+        };
+        let p = EgressPlan::with_ipv6(&cfg, true).unwrap();
+        assert_eq!(p.listeners().len(), 64);
+        let too_many = EgressConfig {
+            capture_ports: (2000..2000 + MAX_CAPTURE_PORTS as u16 - 1).collect(),
+            ..cfg
+        };
+        assert!(EgressPlan::new(&too_many).is_err());
+    }
+
+    #[test]
+    fn invalid_policy_is_refused() {
+        let e = EgressPlan::new(&EgressConfig {
+            allowed_hosts: vec!["a.com".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("spec.egress.mode:"), "{e}");
+    }
+}
