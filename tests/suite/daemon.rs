@@ -1203,6 +1203,15 @@ fn the_units_under_a_real_systemd() {
         ),
         0o644,
     );
+    // A server with spec.egress: its DNS stub binds port 53 inside the sandbox's network
+    // namespace, which needs CAP_NET_BIND_SERVICE in the unit's bounding set.
+    write_mode(
+        &tree.join("etc/servers.d/egress.yaml"),
+        &format!(
+            "command: /opt/aip/bin/mock_mcp_server\nallow:\n  everyone: true\npolicy:\n  apiVersion: aip.io/v1alpha1\n  kind: AgentPolicy\n  metadata:\n    name: egress-mock\n  spec:\n    allowed_tools: [echo]\n    egress:\n      mode: block\n      allowed_hosts: [example.invalid]\n"
+        ),
+        0o644,
+    );
     for dir in ["etc", "etc/servers.d", "bin", "units", "journald.conf.d"] {
         std::fs::set_permissions(tree.join(dir), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -1363,11 +1372,32 @@ fn inside_systemd(sd: i32, tree: &Path) {
         json!({"path": "/x", "content": "y"}),
     ));
     assert_eq!(blocked["error"]["code"], -32001);
+    let mut c2 = Command::new("nsenter");
+    c2.args([
+        "-t",
+        &sd.to_string(),
+        "-m",
+        "-p",
+        "-n",
+        "--",
+        "/usr/local/bin/aip",
+        "connect",
+        "egress",
+    ]);
+    let mut c2 = Driver::spawn(c2);
+    handshake(&mut c2);
+    let ok = c2.call(&call(2, "echo", json!({"text": "egress sandbox"})));
+    assert!(
+        ok["result"].is_object(),
+        "a sandbox with egress under the unit: {ok}"
+    );
+    c2.close_stdin();
+    c2.wait(Duration::from_secs(15));
     // Type=notify: active only after READY=1; STATUS= is shown.
     assert_eq!(show(sd, "aipd.service", "ActiveState"), "active");
     assert_eq!(show(sd, "aipd.service", "SubState"), "running");
     wait_until("STATUS= with the session", || {
-        show(sd, "aipd.service", "StatusText").starts_with("1 sessions, 1 servers")
+        show(sd, "aipd.service", "StatusText").starts_with("1 sessions, 2 servers")
     });
     let main_pid = show(sd, "aipd.service", "MainPID");
 
