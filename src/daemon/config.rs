@@ -312,6 +312,7 @@ struct RawLimits {
     max_sessions_per_user: Option<usize>,
     hello_timeout: Option<String>,
     hello_max_bytes: Option<usize>,
+    max_pending_hellos: Option<usize>,
     shutdown_timeout: Option<String>,
     client_write_timeout: Option<String>,
 }
@@ -378,6 +379,8 @@ pub struct Limits {
     pub max_sessions_per_user: usize,
     pub hello_timeout: Duration,
     pub hello_max_bytes: usize,
+    /// Connections still in their hello at once (each holds a thread); more are refused at once.
+    pub max_pending_hellos: usize,
     /// SIGTERM: how long live sessions get to end before aipd exits anyway.
     pub shutdown_timeout: Duration,
     /// How long a write to a client that does not read may block before the session ends.
@@ -627,6 +630,7 @@ fn daemon_from_raw(raw: RawDaemon, doc: &Doc<'_>) -> Result<DaemonConfig, Proble
             Duration::from_secs(5),
         )?,
         hello_max_bytes: positive(doc, "limits.hello_max_bytes", l.hello_max_bytes, 4096)?,
+        max_pending_hellos: positive(doc, "limits.max_pending_hellos", l.max_pending_hellos, 128)?,
         shutdown_timeout: duration(
             doc,
             "limits.shutdown_timeout",

@@ -76,7 +76,23 @@ pub(super) struct Shared {
     pub root: bool,
     pub trust: Trust,
     pub refusals: super::session::RefusalLimiter,
+    /// Client connections between accept and the end of their hello.
+    pub hellos: std::sync::atomic::AtomicUsize,
+    /// Control connections being served.
+    controls: std::sync::atomic::AtomicUsize,
     config_path: PathBuf,
+}
+
+/// Most control connections served at once (each holds a thread for at most its timeout).
+const MAX_CONTROL_CONNECTIONS: usize = 16;
+
+/// Decrements a counter when dropped.
+pub(super) struct Counted<'a>(pub &'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What a reload did (returned to `aip reload`, logged, audited).
@@ -521,6 +537,8 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         root,
         trust,
         refusals: super::session::RefusalLimiter::new(),
+        hellos: std::sync::atomic::AtomicUsize::new(0),
+        controls: std::sync::atomic::AtomicUsize::new(0),
         config_path: opts.config.clone(),
         loaded: RwLock::new(Arc::new(Loaded {
             daemon: daemon.clone(),
@@ -654,17 +672,40 @@ fn accept_loop(
         }
         for (l, _) in clients.iter().zip(&ready).filter(|(_, r)| **r) {
             accept_all(&l.sock, |stream| {
+                // Bound the threads a flood of silent connections can hold.
+                let limit = shared.current().daemon.limits.max_pending_hellos;
+                if shared.hellos.fetch_add(1, Ordering::SeqCst) >= limit {
+                    shared.hellos.fetch_sub(1, Ordering::SeqCst);
+                    super::session::refuse_busy(
+                        shared,
+                        &stream,
+                        "too many connections are in their hello",
+                    );
+                    return Ok(());
+                }
                 let sh = Arc::clone(shared);
                 spawn_thread("aipd-session", SESSION_STACK, move || {
                     super::session::serve(&sh, stream)
+                })
+                .inspect_err(|_| {
+                    shared.hellos.fetch_sub(1, Ordering::SeqCst);
                 })
             });
         }
         if ready[clients.len()] {
             accept_all(&control.sock, |stream| {
+                if shared.controls.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
+                    shared.controls.fetch_sub(1, Ordering::SeqCst);
+                    tracing::warn!("control: too many connections at once; closing one");
+                    return Ok(());
+                }
                 let sh = Arc::clone(shared);
                 spawn_thread("aipd-control", CONTROL_STACK, move || {
+                    let _counted = Counted(&sh.controls);
                     super::control::serve(&sh, stream)
+                })
+                .inspect_err(|_| {
+                    shared.controls.fetch_sub(1, Ordering::SeqCst);
                 })
             });
         }

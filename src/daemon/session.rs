@@ -176,6 +176,9 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     let peer = match Peer::of(&stream) {
         Ok(p) => p,
         Err(e) => {
+            shared
+                .hellos
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             tracing::warn!("cannot read the peer's credentials; closing: {e}");
             return;
         }
@@ -184,7 +187,12 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     let limits = &loaded.daemon.limits;
     let _ = stream.set_read_timeout(Some(limits.hello_timeout));
     let _ = stream.set_write_timeout(Some(limits.hello_timeout));
-    let a = match admit(shared, &loaded, &stream, &peer) {
+    let admitted = {
+        // Counted by the accept loop until the hello is over, whatever its outcome.
+        let _hello = super::service::Counted(&shared.hellos);
+        admit(shared, &loaded, &stream, &peer)
+    };
+    let a = match admitted {
         Ok(a) => a,
         Err(r) => return refuse(shared, &stream, &peer, &r),
     };
@@ -308,6 +316,23 @@ fn run(
                 cfg.proxy.max_message_bytes,
                 16,
             );
+        }
+    }
+}
+
+/// Refuses a connection before its hello is read (too many hellos at once), without a thread.
+pub(super) fn refuse_busy(shared: &Arc<Shared>, stream: &UnixStream, message: &str) {
+    // The accept loop must not block on a client that does not read.
+    let _ = stream.set_nonblocking(true);
+    match Peer::of(stream) {
+        Ok(peer) => refuse(
+            shared,
+            stream,
+            &peer,
+            &Refusal::new(None, Reason::Busy, message),
+        ),
+        Err(_) => {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }

@@ -511,7 +511,7 @@ fn check_reports_bad_files_with_file_line_and_field_and_the_rest_loads() {
 fn bad_hellos_limits_and_the_control_socket() {
     need_root!();
     let f = Fixture::new(
-        "limits:\n  max_sessions_per_user: 1\n  hello_timeout: 300ms\n  hello_max_bytes: 128\n",
+        "limits:\n  max_sessions_per_user: 1\n  hello_timeout: 300ms\n  hello_max_bytes: 128\n  max_pending_hellos: 2\n",
     );
     let _daemon = f.start();
     let reply = |s: &UnixStream| {
@@ -534,10 +534,17 @@ fn bad_hellos_limits_and_the_control_socket() {
         assert_eq!(r["aip"], "refused", "{bad}: {r}");
         assert_eq!(r["reason"], "bad_hello", "{bad}: {r}");
     }
-    // A client that says nothing is refused after the hello timeout.
+    // Clients that say nothing are refused after the hello timeout; while two wait, a third
+    // is refused at once (a bounded number of threads waits for hellos).
     let slow = UnixStream::connect(&f.socket).unwrap();
+    let slow2 = UnixStream::connect(&f.socket).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let third = UnixStream::connect(&f.socket).unwrap();
+    let r = reply(&third);
+    assert_eq!(r["reason"], "busy", "{r}");
     let t = Instant::now();
     assert_eq!(reply(&slow)["reason"], "bad_hello");
+    assert_eq!(reply(&slow2)["reason"], "bad_hello");
     assert!(t.elapsed() < Duration::from_secs(5));
 
     // One session per user here: the second is refused as busy.
@@ -582,7 +589,7 @@ fn bad_hellos_limits_and_the_control_socket() {
         .iter()
         .filter(|r| r["event"] == "SESSION_REFUSED")
         .count();
-    assert_eq!(refusals, 6);
+    assert_eq!(refusals, 8);
 }
 
 #[test]
@@ -1207,9 +1214,7 @@ fn the_units_under_a_real_systemd() {
     // namespace, which needs CAP_NET_BIND_SERVICE in the unit's bounding set.
     write_mode(
         &tree.join("etc/servers.d/egress.yaml"),
-        &format!(
-            "command: /opt/aip/bin/mock_mcp_server\nallow:\n  everyone: true\npolicy:\n  apiVersion: aip.io/v1alpha1\n  kind: AgentPolicy\n  metadata:\n    name: egress-mock\n  spec:\n    allowed_tools: [echo]\n    egress:\n      mode: block\n      allowed_hosts: [example.invalid]\n"
-        ),
+        "command: /opt/aip/bin/mock_mcp_server\nallow:\n  everyone: true\npolicy:\n  apiVersion: aip.io/v1alpha1\n  kind: AgentPolicy\n  metadata:\n    name: egress-mock\n  spec:\n    allowed_tools: [echo]\n    egress:\n      mode: block\n      allowed_hosts: [example.invalid]\n",
         0o644,
     );
     for dir in ["etc", "etc/servers.d", "bin", "units", "journald.conf.d"] {
