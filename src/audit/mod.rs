@@ -5,8 +5,10 @@
 //! This module decides nothing and never drops or throttles a record: callers that can be flooded
 //! by an untrusted party (denied DNS queries, say) rate-limit before building records.
 
+pub mod journald;
 mod record;
 mod sink;
 
+pub use journald::JournaldSink;
 pub use record::{Direction, Record};
 pub use sink::{AuditError, JsonlSink, MemorySink, MultiSink, Sink, StderrSink};

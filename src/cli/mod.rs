@@ -107,7 +107,3 @@ fn report(err: &anyhow::Error) {
         }
     }
 }
-
-fn not_yet(what: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("{what} is not implemented yet")
-}
