@@ -8,8 +8,8 @@
 # Landlock, seccomp, per-session uid), the mock server's start and one proxied round trip.
 #  * burst N: N clients start at the same moment; each one's latency counts (p50, p99).
 #  * loaded N: N idle sessions stay open while 100 more start one after another.
-# Memory: aipd's RSS with N idle sessions against none ((RSS_N - RSS_0) / N), and the reapers'
-# proportional share (each sandbox's pid 1 is a fork of aipd).
+# Memory: aipd's RSS with N idle sessions against none ((RSS_N - RSS_0) / N), and the
+# proportional share of aipd's spawn server and the reapers it forked (each sandbox's pid 1).
 # Each scenario gets a fresh aipd. BENCH_SIZES (default "1 50 200") and BENCH_MAX (default 500,
 # the held-open test) tune it.
 set -euo pipefail
@@ -132,21 +132,22 @@ def mem_available():
         if l.startswith("MemAvailable:"):
             return int(l.split()[1])
 
-def children_pss_kb(pid):
-    total = 0
+def reapers_pss_kb(pid):
+    """PSS of aipd's spawn server and its children (each sandbox's pid 1, the reaper)."""
+    parents, pss = {}, {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             stat = open(f"/proc/{d}/stat").read()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
-                continue
+            parents[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
             for l in open(f"/proc/{d}/smaps_rollup"):
                 if l.startswith("Pss:"):
-                    total += int(l.split()[1])
+                    pss[int(d)] = int(l.split()[1])
         except (OSError, ValueError, IndexError):
             pass
-    return total
+    spawners = {p for p, pp in parents.items() if pp == pid}
+    return sum(v for p, v in pss.items() if p in spawners or parents.get(p) in spawners)
 
 print("\n-- session start latency through aip connect (spawn -> initialize reply), fresh aipd each")
 for n in sizes:
@@ -184,10 +185,10 @@ with Daemon() as d:
         took = time.perf_counter() - t0
         time.sleep(1.5)
         rss, threads = status(d.p.pid, "VmRSS"), status(d.p.pid, "Threads")
-        pss = children_pss_kb(d.p.pid)
+        pss = reapers_pss_kb(d.p.pid)
         used = avail0 - mem_available()
         print(f"{n:4d} open: aipd RSS {rss/1024:6.1f} MiB (+{(rss-base)/n:4.0f} KiB/session, {threads} threads); "
-              f"reapers' PSS {pss/n:5.0f} KiB/session; whole system {used/n/1024:5.1f} MiB/session "
+              f"spawn server + reapers' PSS {pss/n:5.0f} KiB/session; whole system {used/n/1024:5.1f} MiB/session "
               f"(servers included); {n - before} more started in {took:.1f} s; "
               f"load {open('/proc/loadavg').read().split()[0]}", flush=True)
     close(held)

@@ -516,8 +516,24 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     for p in &servers.problems {
         tracing::warn!("{p}");
     }
-    if root && daemon.prewarm_netns > 0 {
-        crate::sandbox::prewarm_network_namespaces(daemon.prewarm_netns.min(16));
+    // Sandboxes are forked by a spawn server made now, while aipd is small: a fork's cost grows
+    // with the forking process's memory, and aipd's grows with its sessions.
+    let prewarm = if root {
+        daemon.prewarm_netns.min(16)
+    } else {
+        0
+    };
+    match crate::sandbox::SpawnServer::start(prewarm) {
+        Ok(server) => {
+            tracing::debug!(pid = server.pid(), "sandbox spawn server started");
+            crate::sandbox::install_spawn_server(server);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no sandbox spawn server; aipd forks sandboxes itself (slower with many sessions)");
+            if prewarm > 0 {
+                crate::sandbox::prewarm_network_namespaces(prewarm);
+            }
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

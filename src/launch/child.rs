@@ -30,7 +30,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 pub fn spawn(spec: &SandboxSpec) -> Result<Spawned, SandboxError> {
     let pipes = (|| Ok::<_, std::io::Error>((pipe()?, pipe()?, pipe()?)))().map_err(|source| {
         SandboxError::Supervisor {
-            step: "create the server's stdio pipes",
+            step: "create the server's stdio pipes".into(),
             source,
         }
     })?;

@@ -47,7 +47,7 @@ pub enum SandboxError {
     /// A step failed in the supervisor itself (pipes, fork, cgroup files).
     #[error("sandbox: {step}: {source}")]
     Supervisor {
-        step: &'static str,
+        step: std::borrow::Cow<'static, str>,
         #[source]
         source: io::Error,
     },
@@ -61,7 +61,10 @@ pub enum SandboxError {
 
 impl SandboxError {
     pub(crate) fn supervisor(step: &'static str) -> impl FnOnce(io::Error) -> SandboxError {
-        move |source| SandboxError::Supervisor { step, source }
+        move |source| SandboxError::Supervisor {
+            step: step.into(),
+            source,
+        }
     }
 
     /// The layer at fault, when one is known.

@@ -52,6 +52,16 @@ impl std::fmt::Display for SandboxExit {
     }
 }
 
+/// A sandbox's parts in transit between the spawn server and its client.
+pub(crate) struct Detached {
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+    pub ctl: Option<OwnedFd>,
+    pub report: LayerReport,
+    pub listeners: Vec<OwnedFd>,
+    pub cgroup: Option<Cgroup>,
+}
+
 /// A running sandbox.
 #[derive(Debug)]
 pub struct SandboxChild {
@@ -61,6 +71,9 @@ pub struct SandboxChild {
     ctl: Option<OwnedFd>,
     /// `--no-sandbox`: the handle's process is the server itself, leader of its process group.
     plain: bool,
+    /// Started by the spawn server (`sandbox::zygote`): the process is not our child, so its end
+    /// is observed through the pidfd and its status comes only from the reaper's report.
+    remote: bool,
     report: LayerReport,
     listeners: Mutex<Vec<OwnedFd>>,
     waiting: Mutex<()>,
@@ -81,6 +94,7 @@ impl SandboxChild {
             pid,
             pidfd,
             plain: ctl.is_none(),
+            remote: false,
             ctl,
             report,
             listeners: Mutex::new(listeners),
@@ -143,6 +157,10 @@ impl SandboxChild {
         if let Some(status) = self.status.get() {
             return Ok(*status);
         }
+        if self.remote {
+            sys::wait_pidfd(self.pidfd.as_fd(), None)?;
+            return Ok(self.finish(None));
+        }
         loop {
             match waitpid(self.pid, None) {
                 Ok(status) => {
@@ -165,6 +183,9 @@ impl SandboxChild {
         let Ok(_guard) = self.waiting.try_lock() else {
             return Ok(None);
         };
+        if self.remote {
+            return Ok(sys::wait_pidfd(self.pidfd.as_fd(), Some(0))?.then(|| self.finish(None)));
+        }
         match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => Ok(None),
             Ok(status) => Ok(self.interpret(status)),
@@ -179,6 +200,14 @@ impl SandboxChild {
             WaitStatus::Signaled(_, sig, _) => SandboxExit::Signal(sig as i32),
             _ => return None,
         };
+        Some(self.finish(Some(own)))
+    }
+
+    /// Records the final status once the top process is gone. `own` is its wait status when we
+    /// are its parent; a remote reaper killed before it could report counts as `SIGKILL`d (the
+    /// only way it ends without reporting).
+    fn finish(&self, own: Option<SandboxExit>) -> SandboxExit {
+        let own = own.unwrap_or(SandboxExit::Signal(libc::SIGKILL));
         // The reaper reports the server's exact status; without a report (it was killed), its
         // own status is the answer.
         let exit = match self
@@ -195,7 +224,31 @@ impl SandboxChild {
         {
             cg.remove();
         }
-        Some(*self.status.get_or_init(|| exit))
+        *self.status.get_or_init(|| exit)
+    }
+
+    /// Hands a sandbox started in this process to another (the spawn server's client): its
+    /// descriptors, pid, report and cgroup move out, and dropping what is left kills nothing.
+    pub(crate) fn detach(mut self) -> io::Result<Detached> {
+        let detached = Detached {
+            pid: self.pid,
+            pidfd: self.pidfd.try_clone()?,
+            ctl: self.ctl.take(),
+            report: self.report.clone(),
+            listeners: self.take_listeners(),
+            cgroup: self.cgroup.lock().ok().and_then(|mut c| c.take()),
+        };
+        // Marks it ended so Drop neither kills nor waits.
+        let _ = self.status.set(SandboxExit::Code(0));
+        Ok(detached)
+    }
+
+    /// The client side of [`SandboxChild::detach`], in the process that supervises the session.
+    pub(crate) fn attach(d: Detached) -> Self {
+        let mut child = SandboxChild::new(d.pid, d.pidfd, d.ctl, d.report, d.listeners, d.cgroup);
+        child.plain = false;
+        child.remote = true;
+        child
     }
 }
 

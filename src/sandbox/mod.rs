@@ -13,6 +13,9 @@
 //! 2. **Spawner thread** (`supervise`): a dedicated long-lived thread forks through glibc, so
 //!    malloc keeps working in the child of our multi-threaded process, and the parent-death
 //!    signal (tied to the forking *thread*) only fires when the supervisor process dies.
+//!    A long-lived supervisor with many sessions (aipd) installs a [`SpawnServer`] instead: a
+//!    small process forked at its start that runs steps 1 and 2 on its behalf, because a fork's
+//!    cost grows with the forking process's memory (`zygote`).
 //! 3. **First setup process** (`setup::first`): parent-death signal, close every inherited fd,
 //!    enter the cgroup, create the user namespace first when not root (own uid/gid mapped),
 //!    unshare mount, pid, net (or join one made ahead by `netpool`), ipc, uts and cgroup
@@ -62,6 +65,7 @@ mod setup;
 mod spec;
 mod supervise;
 mod sys;
+mod zygote;
 
 use std::os::fd::OwnedFd;
 
@@ -75,6 +79,7 @@ pub use spec::{
     Access, CpuLimit, GeneratedFile, LandlockSpec, Layer, Limit, Mount, MountKind, Resources,
     SandboxSpec, SeccompProfile, Symlink, User,
 };
+pub use zygote::{SpawnServer, install as install_spawn_server};
 
 /// Keeps up to `size` fresh network namespaces ready so spawns skip creating one (about a
 /// millisecond). For long-lived root supervisors (aipd); returns `false`, changing nothing, when
@@ -83,12 +88,21 @@ pub fn prewarm_network_namespaces(size: usize) -> bool {
     netpool::enable(size)
 }
 
-/// Starts the command of `spec` in a new sandbox with `stdio` as its stdin, stdout and stderr.
+/// Starts the command of `spec` in a new sandbox (through the spawn server when one is installed,
+/// see [`SpawnServer`]) with `stdio` as its stdin, stdout and stderr.
 ///
 /// Blocks until the server has been exec'd (about a millisecond) or a layer failed; the error then
 /// names the layer and the rule. May be called from any thread, including async runtimes'
 /// worker threads (the fork itself happens on a dedicated spawner thread).
 pub fn spawn(spec: &SandboxSpec, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
+    if spec.enabled
+        && let Some(server) = zygote::installed()
+    {
+        // On the spawner thread like an in-process spawn: the request's buffers then come and go
+        // in one thread's malloc arena instead of every session thread's.
+        let spec = spec.clone();
+        return supervise::run_on_spawner(move || server.spawn(&spec, stdio))?;
+    }
     let prepared = prepare::prepare(spec)?;
     supervise::on_spawner_thread(prepared, stdio)
 }

@@ -29,7 +29,7 @@ use nix::sys::socket::{
 };
 
 /// What the sandbox's network looks like.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NetMode {
     /// Fresh, empty network namespace with only `lo` (up). The default.
     #[default]
@@ -41,7 +41,7 @@ pub enum NetMode {
 }
 
 /// Listeners and routing for egress control.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EgressNet {
     /// Sockets to create inside the namespace, returned in this order.
     pub listeners: Vec<ListenerRequest>,
@@ -53,7 +53,7 @@ pub struct EgressNet {
 }
 
 /// One socket to create inside the namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListenerRequest {
     /// Where to bind. IPv6 sockets are always `IPV6_V6ONLY`, so `0.0.0.0:p` and `[::]:p` can
     /// both be requested.
@@ -61,7 +61,7 @@ pub struct ListenerRequest {
     pub proto: Proto,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Proto {
     /// A listening TCP socket (non-blocking, close-on-exec, `SO_REUSEADDR`, backlog 1024).
     Tcp,

@@ -15,7 +15,7 @@ use super::net::NetMode;
 
 /// Everything `spawn` needs. All paths are absolute; mount targets are paths *inside* the
 /// sandbox, which equal the host paths for binds made by the planner.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxSpec {
     /// `false` = `--no-sandbox`: plain spawn in its own session, killed with the supervisor and
     /// as a process group, nothing else. The report says "disabled".
@@ -55,14 +55,14 @@ pub struct SandboxSpec {
 }
 
 /// One mount inside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
     /// Absolute path inside the sandbox.
     pub target: PathBuf,
     pub kind: MountKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountKind {
     /// A non-recursive bind of a host file or directory (mounts below `source` are not carried).
     Bind { source: PathBuf, access: Access },
@@ -91,14 +91,17 @@ pub enum Access {
     Device,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GeneratedFile {
     pub path: PathBuf,
+    /// Base64 when serialized: copies of `/etc` files run to hundreds of KiB, and a JSON array
+    /// of numbers would make every spawn through the spawn server parse four times that.
+    #[serde(with = "base64_bytes")]
     pub contents: Vec<u8>,
     pub mode: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Symlink {
     /// Where the link is created (inside).
     pub path: PathBuf,
@@ -108,7 +111,7 @@ pub struct Symlink {
 
 /// Resource limits. `required` marks limits the policy set explicitly: if the kernel cannot
 /// enforce them, `spawn` refuses unless `Layer::Resources` may degrade.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// Bytes (cgroup `memory.max`; `RLIMIT_DATA` per process without cgroups).
     pub memory: Option<Limit>,
@@ -120,13 +123,13 @@ pub struct Resources {
     pub open_files: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limit {
     pub value: u64,
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuLimit {
     /// Microseconds of CPU per period (`cpu.max` first field).
     pub quota_us: u64,
@@ -157,7 +160,7 @@ impl SeccompProfile {
 
 /// Landlock parameters. Every right of the compiled ABI is handled; `min_abi` is the floor the
 /// kernel must reach (0 = none), rights above it are applied when the kernel has them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LandlockSpec {
     pub min_abi: u32,
     /// TCP ports the server may connect to (ABI ≥ 4); empty = none. Ignored with host network.
@@ -168,7 +171,7 @@ pub struct LandlockSpec {
     pub connect_udp: Vec<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub uid: u32,
     pub gid: u32,
@@ -335,6 +338,24 @@ pub(crate) fn is_clean_absolute(path: &Path) -> bool {
         && path
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// `Vec<u8>` as a standard base64 string.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ fn spawner() -> Result<&'static Mutex<Sender<Job>>, SandboxError> {
         })
         .as_ref()
         .map_err(|e| SandboxError::Supervisor {
-            step: "start spawner thread",
+            step: "start spawner thread".into(),
             source: std::io::Error::other(e.clone()),
         })
 }
@@ -61,27 +61,37 @@ pub fn on_spawner_thread(
     prepared: Prepared,
     stdio: [OwnedFd; 3],
 ) -> Result<SandboxChild, SandboxError> {
+    run_on_spawner(move || launch(prepared, stdio))?
+}
+
+/// Runs `f` on the spawner thread (the only thread that forks) and returns its result.
+pub fn run_on_spawner<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SandboxError> {
     let (tx, rx) = sync_channel(1);
     let job: Job = Box::new(move || {
-        let _ = tx.send(launch(prepared, stdio));
+        let _ = tx.send(f());
     });
     spawner()?
         .lock()
         .map_err(|_| SandboxError::Supervisor {
-            step: "spawner lock",
+            step: "spawner lock".into(),
             source: std::io::Error::other("poisoned"),
         })?
         .send(job)
         .map_err(|_| SandboxError::Supervisor {
-            step: "spawner thread",
+            step: "spawner thread".into(),
             source: std::io::Error::other("gone"),
         })?;
     rx.recv()
-        .map_err(|_| SandboxError::Died("the spawner thread dropped the request".into()))?
+        .map_err(|_| SandboxError::Died("the spawner thread dropped the request".into()))
 }
 
-/// Forks and supervises the setup. Runs on the spawner thread.
-fn launch(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
+/// Forks and supervises the setup. Runs on the spawner thread (or the spawn server's only one).
+pub(super) fn launch(
+    prepared: Prepared,
+    stdio: [OwnedFd; 3],
+) -> Result<SandboxChild, SandboxError> {
     let (report_r, report_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::supervisor("report pipe")(e.into()))?;
     let (ctl, ctl_child) = socketpair(

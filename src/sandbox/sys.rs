@@ -306,6 +306,30 @@ pub fn reset_signal_dispositions() {
     }
 }
 
+/// Waits until the process behind `pidfd` has exited (the pidfd polls readable from then on,
+/// reaped or not). `timeout_ms`: `None` blocks, `Some(0)` only checks. Returns whether it exited.
+/// Scope: none. Errors: `EINVAL` for a descriptor that is not a pidfd.
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>, timeout_ms: Option<u16>) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+        let timeout = timeout_ms.map_or(PollTimeout::NONE, PollTimeout::from);
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Ignores `signal` (`SIG_IGN`). Scope: calling process; reset to default by
+/// [`reset_signal_dispositions`] in every process forked from it before it execs.
+pub fn ignore_signal(signal: Signal) {
+    // SAFETY: SIG_IGN runs no code of ours in signal context.
+    let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
+}
+
 /// Takes ownership of an fd the kernel just created for us and returned as a raw number
 /// (`SCM_RIGHTS` in `recvmsg`, `fcntl(F_DUPFD_CLOEXEC)`). Must be called exactly once per fd.
 pub fn own_fd_from_kernel(fd: RawFd) -> OwnedFd {

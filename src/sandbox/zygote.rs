@@ -1,0 +1,540 @@
+//! The spawn server: a small process forked from a long-lived supervisor (aipd) while it is
+//! still small, which forks every sandbox on the supervisor's behalf.
+//!
+//! Why: `fork` copies the forking process's page tables and every setup process's exit or
+//! `execve` tears a copy down again, so a sandbox forked from aipd costs time in proportion to
+//! aipd's memory, which grows with its live sessions (measured: session start p50 11 ms with one
+//! session open, 74 ms with 200), and each reaper (pid 1 of a sandbox, a fork that never execs)
+//! pins a copy-on-write image of aipd. Forked from a process that stays at its start-up size, a
+//! spawn costs the same with 500 sessions open as with none, and reapers share nearly all pages.
+//!
+//! Shape: aipd forks the server once (on the sandbox spawner thread, so the server's
+//! parent-death signal fires only when aipd dies). Each request is the [`SandboxSpec`] as JSON
+//! plus the three stdio descriptors (`SCM_RIGHTS`); the server runs the same `prepare` and
+//! `launch` as an in-process spawn and answers with the reaper's pid, pidfd, control socket,
+//! listener descriptors, layer report and cgroup, or the error. The client turns that into a
+//! [`SandboxChild`] that observes the reaper through its pidfd (it is the server's child, not
+//! aipd's); the server reaps it. Requests are served one at a time, as the spawner thread does.
+//!
+//! Lifetime: the server ignores termination signals (aipd decides when sessions end), dies with
+//! aipd (parent-death `SIGKILL`, checked against a race at start), and exits when its socket
+//! closes; its reapers then die of their own parent-death signal, which kills each sandbox.
+//! If the server breaks (dies, answers garbage, times out), the request fails, the error is
+//! logged once, and later spawns fork in-process again: slower, never weaker.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, getpid, getppid};
+use serde::{Deserialize, Serialize};
+
+use super::cgroup::Cgroup;
+use super::error::{SandboxError, SetupFailure};
+use super::handle::{Detached, SandboxChild};
+use super::protocol::MAX_LISTENERS;
+use super::report::LayerReport;
+use super::spec::{Layer, SandboxSpec};
+use super::sys::{self, Forked};
+
+/// Longest message either side accepts (a spec carries generated files; a few KiB in practice).
+const MAX_MESSAGE: usize = 8 << 20;
+/// Descriptors in a reply: pidfd, control socket, listeners.
+const MAX_FDS: usize = MAX_LISTENERS + 2;
+/// The client's wait for an answer: the setup's own timeout (10 s) plus slack.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The supervisor's handle on a running spawn server.
+pub struct SpawnServer {
+    /// `None` once the server broke; spawns then fork in-process.
+    sock: Mutex<Option<UnixStream>>,
+    pid: Pid,
+}
+
+static INSTALLED: OnceLock<SpawnServer> = OnceLock::new();
+
+/// Makes `server` fork every enabled sandbox of this process from now on. Returns `false` if one
+/// was installed already.
+pub fn install(server: SpawnServer) -> bool {
+    INSTALLED.set(server).is_ok()
+}
+
+/// The installed server, unless none was installed or it broke.
+pub(super) fn installed() -> Option<&'static SpawnServer> {
+    INSTALLED.get().filter(|s| s.healthy())
+}
+
+impl SpawnServer {
+    /// Forks the server now. Call it early, while the process is small: everything the process
+    /// holds at this moment is what each sandbox's fork copies. `prewarm_netns` > 0 keeps that
+    /// many network namespaces ready inside the server (root only).
+    pub fn start(prewarm_netns: usize) -> Result<SpawnServer, SandboxError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(SandboxError::supervisor("spawn server socket pair"))?;
+        let parent = getpid();
+        // Forked on the spawner thread: the server's parent-death signal is tied to the thread
+        // that forked it, and that thread lives as long as the process.
+        let forked = super::supervise::run_on_spawner(move || match sys::fork() {
+            Ok(Forked::Child) => serve(theirs, parent, prewarm_netns),
+            Ok(Forked::Parent(pid)) => Ok(pid),
+            Err(e) => Err(e),
+        })?;
+        let pid = forked.map_err(SandboxError::supervisor("fork the spawn server"))?;
+        ours.set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(SandboxError::supervisor("spawn server socket timeout"))?;
+        Ok(SpawnServer {
+            sock: Mutex::new(Some(ours)),
+            pid,
+        })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    fn healthy(&self) -> bool {
+        self.sock.lock().is_ok_and(|s| s.is_some())
+    }
+
+    /// Starts `spec` through the server; the same contract as [`super::spawn`].
+    pub fn spawn(
+        &self,
+        spec: &SandboxSpec,
+        stdio: [OwnedFd; 3],
+    ) -> Result<SandboxChild, SandboxError> {
+        let body = serde_json::to_vec(spec).map_err(|e| SandboxError::InvalidSpec {
+            field: "spec".into(),
+            message: format!("cannot be encoded for the spawn server: {e}"),
+        })?;
+        let mut guard = self.sock.lock().map_err(|_| SandboxError::Supervisor {
+            step: "spawn server lock".into(),
+            source: io::Error::other("poisoned"),
+        })?;
+        let Some(sock) = guard.as_ref() else {
+            return Err(broken_error(io::Error::other("it stopped earlier")));
+        };
+        let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        let exchange = send_message(sock, &body, &raw).and_then(|()| {
+            drop(stdio);
+            recv_message(sock)?.ok_or_else(|| io::Error::other("it exited"))
+        });
+        let (reply, fds) = match exchange.and_then(|(body, fds)| {
+            let reply = serde_json::from_slice::<Reply>(&body)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            Ok((reply, fds))
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                // A desynchronized or dead server cannot be trusted with the next request.
+                tracing::error!(error = %e, "sandbox spawn server failed; sandboxes are forked by this process from now on");
+                if let Some(sock) = guard.take() {
+                    let _ = sock.shutdown(std::net::Shutdown::Both);
+                }
+                let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+                return Err(broken_error(e));
+            }
+        };
+        drop(guard);
+        match reply {
+            Reply::Failed(e) => Err(e.into()),
+            Reply::Started {
+                pid,
+                has_ctl,
+                report,
+                cgroup,
+            } => {
+                let mut fds = fds.into_iter();
+                let pidfd = fds
+                    .next()
+                    .ok_or_else(|| broken_error(io::Error::other("no pidfd in the answer")))?;
+                let ctl = match (has_ctl, fds.next()) {
+                    (false, _) => None,
+                    (true, Some(fd)) => Some(fd),
+                    (true, None) => {
+                        // Without the control socket the server's exit status would be lost.
+                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
+                        return Err(broken_error(io::Error::other(
+                            "no control socket in the answer",
+                        )));
+                    }
+                };
+                let child = SandboxChild::attach(Detached {
+                    pid: Pid::from_raw(pid),
+                    pidfd,
+                    ctl,
+                    report: *report,
+                    listeners: fds.collect(),
+                    cgroup: cgroup.map(|(path, relative)| Cgroup { path, relative }),
+                });
+                Ok(child)
+            }
+        }
+    }
+}
+
+impl Drop for SpawnServer {
+    fn drop(&mut self) {
+        if let Ok(mut sock) = self.sock.lock()
+            && let Some(sock) = sock.take()
+        {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        // It exits at end-of-file; reaping it keeps no zombie behind.
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+fn broken_error(source: io::Error) -> SandboxError {
+    SandboxError::Supervisor {
+        step: "sandbox spawn server".into(),
+        source,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    Started {
+        pid: i32,
+        has_ctl: bool,
+        report: Box<LayerReport>,
+        cgroup: Option<(PathBuf, String)>,
+    },
+    Failed(WireError),
+}
+
+/// [`SandboxError`] as it crosses the socket: every variant keeps its text and its layer.
+#[derive(Serialize, Deserialize)]
+enum WireError {
+    InvalidSpec {
+        field: String,
+        message: String,
+    },
+    NotVisible {
+        what: String,
+        path: PathBuf,
+        hint: String,
+    },
+    Exposed {
+        hidden: PathBuf,
+        through: PathBuf,
+    },
+    Unavailable {
+        layer: Layer,
+        reason: String,
+        hint: String,
+    },
+    Setup(SetupFailure),
+    Supervisor {
+        step: String,
+        errno: Option<i32>,
+        message: String,
+    },
+    Timeout(u64),
+    Died(String),
+}
+
+impl From<SandboxError> for WireError {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::InvalidSpec { field, message } => Self::InvalidSpec { field, message },
+            SandboxError::NotVisible { what, path, hint } => Self::NotVisible { what, path, hint },
+            SandboxError::Exposed { hidden, through } => Self::Exposed { hidden, through },
+            SandboxError::Unavailable {
+                layer,
+                reason,
+                hint,
+            } => Self::Unavailable {
+                layer,
+                reason,
+                hint,
+            },
+            SandboxError::Setup(f) => Self::Setup(f),
+            SandboxError::Supervisor { step, source } => Self::Supervisor {
+                step: step.into_owned(),
+                errno: source.raw_os_error(),
+                message: source.to_string(),
+            },
+            SandboxError::Timeout(ms) => Self::Timeout(ms),
+            SandboxError::Died(m) => Self::Died(m),
+        }
+    }
+}
+
+impl From<WireError> for SandboxError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::InvalidSpec { field, message } => Self::InvalidSpec { field, message },
+            WireError::NotVisible { what, path, hint } => Self::NotVisible { what, path, hint },
+            WireError::Exposed { hidden, through } => Self::Exposed { hidden, through },
+            WireError::Unavailable {
+                layer,
+                reason,
+                hint,
+            } => Self::Unavailable {
+                layer,
+                reason,
+                hint,
+            },
+            WireError::Setup(f) => Self::Setup(f),
+            WireError::Supervisor {
+                step,
+                errno,
+                message,
+            } => Self::Supervisor {
+                step: step.into(),
+                source: match errno {
+                    Some(n) => io::Error::from_raw_os_error(n),
+                    None => io::Error::other(message),
+                },
+            },
+            WireError::Timeout(ms) => Self::Timeout(ms),
+            WireError::Died(m) => Self::Died(m),
+        }
+    }
+}
+
+/// The server's life: never returns.
+fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
+    let armed = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok();
+    if !armed || getppid() != parent {
+        // The supervisor died before the signal was armed (or it cannot be armed).
+        sys::exit_now(1);
+    }
+    sys::reset_signal_dispositions();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPIPE,
+    ] {
+        sys::ignore_signal(s);
+    }
+    // Nothing of the supervisor's stays open here (client sockets, listeners, log sockets).
+    let fd = sock.as_raw_fd() as u32;
+    if fd > 3 {
+        let _ = sys::close_range(3, fd - 1);
+    }
+    let _ = sys::close_range(fd + 1, u32::MAX);
+    let _ = nix::sys::prctl::set_name(c"aipd-spawner");
+    if prewarm_netns > 0 {
+        super::netpool::enable(prewarm_netns);
+    }
+    loop {
+        reap_children();
+        match wait_readable(&sock) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(_) => sys::exit_now(1),
+        }
+        match recv_message(&sock) {
+            Ok(Some((body, fds))) => {
+                let (reply, fds) =
+                    std::panic::catch_unwind(|| handle(&body, fds)).unwrap_or_else(|_| {
+                        (
+                            Reply::Failed(WireError::Died("the spawn server panicked".into())),
+                            Vec::new(),
+                        )
+                    });
+                let encoded = serde_json::to_vec(&reply).unwrap_or_default();
+                let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                if send_message(&sock, &encoded, &raw).is_err() {
+                    // Nobody will supervise this sandbox: end it.
+                    if let (Reply::Started { .. }, Some(pidfd)) = (&reply, fds.first()) {
+                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
+                    }
+                    sys::exit_now(1);
+                }
+            }
+            Ok(None) => sys::exit_now(0),
+            Err(_) => sys::exit_now(1),
+        }
+    }
+}
+
+/// One request: the spec and exactly three stdio descriptors.
+fn handle(body: &[u8], fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+    let failed = |e: SandboxError| (Reply::Failed(e.into()), Vec::new());
+    let spec: SandboxSpec = match serde_json::from_slice(body) {
+        Ok(s) => s,
+        Err(e) => return failed(SandboxError::Died(format!("bad request: {e}"))),
+    };
+    let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
+        return failed(SandboxError::Died(
+            "bad request: not three stdio fds".into(),
+        ));
+    };
+    let started = super::prepare::prepare(&spec)
+        .and_then(|prepared| super::supervise::launch(prepared, stdio))
+        .and_then(|child| {
+            child
+                .detach()
+                .map_err(SandboxError::supervisor("duplicate the pidfd"))
+        });
+    match started {
+        Err(e) => failed(e),
+        Ok(d) => {
+            let reply = Reply::Started {
+                pid: d.pid.as_raw(),
+                has_ctl: d.ctl.is_some(),
+                report: Box::new(d.report),
+                cgroup: d.cgroup.map(|c| (c.path, c.relative)),
+            };
+            let mut fds = vec![d.pidfd];
+            fds.extend(d.ctl);
+            fds.extend(d.listeners);
+            (reply, fds)
+        }
+    }
+}
+
+/// Reaps every exited reaper (they are the server's children).
+fn reap_children() {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Waits up to a second for a request, so exited reapers are reaped at least that often.
+fn wait_readable(sock: &UnixStream) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(1000u16)) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `[len u32 LE][fd count u32 LE][body]`, the descriptors attached to the first byte.
+fn send_message(sock: &UnixStream, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if body.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "message too large",
+        ));
+    }
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+    let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(fds)]
+    };
+    let sent = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&header), IoSlice::new(body)],
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    let mut rest = [&header[..], body].concat();
+    rest.drain(..sent.min(rest.len()));
+    (&*sock).write_all(&rest)
+}
+
+/// The other side of [`send_message`]; `None` at end-of-file.
+fn recv_message(sock: &UnixStream) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut header = [0u8; 8];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (n, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut header)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(r) => {
+                let mut fds = Vec::new();
+                for cmsg in r.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                        fds.extend(raw.into_iter().map(sys::own_fd_from_kernel));
+                    }
+                }
+                if r.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "too many fds"));
+                }
+                break (r.bytes, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    (&*sock).read_exact(&mut header[n..])?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let count = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if len > MAX_MESSAGE || count != fds.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad message header",
+        ));
+    }
+    let mut body = vec![0u8; len];
+    (&*sock).read_exact(&mut body)?;
+    Ok(Some((body, fds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_text_and_layer_across_the_socket() {
+        let errors = [
+            SandboxError::Unavailable {
+                layer: Layer::Landlock,
+                reason: "ABI 3 < floor 4".into(),
+                hint: "upgrade".into(),
+            },
+            SandboxError::Setup(SetupFailure::reason(Layer::Filesystem, "bind /x", "ENOENT")),
+            SandboxError::supervisor("fork")(io::Error::from_raw_os_error(libc::EAGAIN)),
+            SandboxError::Timeout(10_000),
+        ];
+        for e in errors {
+            let text = e.to_string();
+            let layer = e.layer();
+            let wire = serde_json::to_vec(&WireError::from(e)).unwrap();
+            let back: SandboxError = serde_json::from_slice::<WireError>(&wire).unwrap().into();
+            assert_eq!(back.to_string(), text);
+            assert_eq!(back.layer(), layer);
+        }
+    }
+
+    #[test]
+    fn messages_carry_bodies_and_descriptors_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f1 = std::fs::File::open("/dev/null").unwrap();
+        let (p_r, _p_w) = nix::unistd::pipe().unwrap();
+        let body = vec![7u8; 300_000];
+        let sender = std::thread::spawn(move || {
+            send_message(&a, &body, &[f1.as_raw_fd(), p_r.as_raw_fd()]).unwrap();
+            a
+        });
+        let (got, fds) = recv_message(&b).unwrap().unwrap();
+        let a = sender.join().unwrap();
+        assert_eq!(got.len(), 300_000);
+        assert!(got.iter().all(|&x| x == 7));
+        assert_eq!(fds.len(), 2);
+        let kind = |fd: &OwnedFd| nix::sys::stat::fstat(fd.as_fd()).unwrap().st_mode & libc::S_IFMT;
+        assert_eq!(kind(&fds[0]), libc::S_IFCHR);
+        assert_eq!(kind(&fds[1]), libc::S_IFIFO);
+        drop(a);
+        assert!(recv_message(&b).unwrap().is_none());
+    }
+}
