@@ -263,6 +263,9 @@ pub fn run_instance(
         }
     }
     let spawned = child::spawn(&planned.spec)?;
+    // The plan carries copies of /etc files (hundreds of KiB); aipd holds one per live session
+    // otherwise.
+    drop(planned);
     let egress = match (&egress_plan, &runtime) {
         (Some(p), Some(rt)) => {
             let _entered = rt.enter();
