@@ -151,9 +151,11 @@ impl SpawnServer {
                 cgroup,
             } => {
                 let mut fds = fds.into_iter();
-                let pidfd = fds
-                    .next()
-                    .ok_or_else(|| broken_error(io::Error::other("no pidfd in the answer")))?;
+                let Some(pidfd) = fds.next() else {
+                    // Unsupervisable: end it by pid (the reaper is alive, still unreaped).
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    return Err(broken_error(io::Error::other("no pidfd in the answer")));
+                };
                 let ctl = match (has_ctl, fds.next()) {
                     (false, _) => None,
                     (true, Some(fd)) => Some(fd),

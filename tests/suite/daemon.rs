@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Driver, aip_bin, audit_records, mock_server, repo_root};
+use crate::support::{
+    Driver, aip_bin, audit_records, children_of, comm, mock_server, parent_of, repo_root,
+};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
@@ -685,13 +687,13 @@ fn sigterm_ends_sessions_and_sigkill_leaves_no_sandboxed_process() {
         .collect();
     assert!(session_processes().iter().any(|(_, u)| uids.contains(u)));
     // The sandboxes are forked by aipd's spawn server, whose children the reapers are.
-    let spawners: Vec<i32> = children_of(daemon.pid())
+    let spawners: Vec<u32> = children_of(daemon.pid() as u32)
         .into_iter()
         .filter(|p| comm(*p).as_deref() == Some("aipd-spawner"))
         .collect();
     assert_eq!(spawners.len(), 1, "one spawn server under aipd");
     for p in &pids {
-        assert_eq!(parent_of(*p as i32), Some(spawners[0]), "reaper {p}");
+        assert_eq!(parent_of(*p as u32), Some(spawners[0]), "reaper {p}");
     }
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -702,7 +704,7 @@ fn sigterm_ends_sessions_and_sigkill_leaves_no_sandboxed_process() {
             .collect();
         let reapers = pids
             .iter()
-            .map(|p| *p as i32)
+            .map(|p| *p as u32)
             .chain(spawners.iter().copied())
             .filter(|p| Path::new(&format!("/proc/{p}")).exists())
             .count();
@@ -715,32 +717,6 @@ fn sigterm_ends_sessions_and_sigkill_leaves_no_sandboxed_process() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|c| c.trim_end().to_string())
-}
-
-fn children_of(pid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| parent_of(*p) == Some(pid))
-        .collect()
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use aip::sandbox::probe::ProbeResult;
 use pretty_assertions::assert_eq;
 
-use crate::support::{aip_bin, repo_root};
+use crate::support::{aip_bin, children_of, repo_root};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -459,30 +459,6 @@ fn an_fd_leaked_by_the_parent_is_not_inherited() {
     for fd in ["fd:7", "fd:3", "fd:4"] {
         assert_denied(&r, fd, "ENOENT");
     }
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-            let ppid = after
-                .split_whitespace()
-                .nth(1)
-                .and_then(|x| x.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
