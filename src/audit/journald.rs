@@ -148,7 +148,7 @@ pub mod priority {
 pub fn priority_of(record: &Record, class: EventClass) -> u8 {
     use priority::*;
     let s = |k: &str| record.get_str(k).unwrap_or("");
-    let truthy = |k: &str| record.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let truthy = |k: &str| record.get_bool(k).unwrap_or(false);
     match class {
         EventClass::Decision => match s("decision") {
             "ALLOW" => INFO,
@@ -156,7 +156,7 @@ pub fn priority_of(record: &Record, class: EventClass) -> u8 {
             _ => WARNING,
         },
         EventClass::Dlp => {
-            if record.get("forwarded").and_then(Value::as_bool) == Some(false) {
+            if record.get_bool("forwarded") == Some(false) {
                 WARNING
             } else {
                 NOTICE
@@ -174,7 +174,10 @@ pub fn priority_of(record: &Record, class: EventClass) -> u8 {
             }
         }
         EventClass::SandboxExit => {
-            if record.get("exit").and_then(|e| e.get("signal")).is_some() {
+            if record
+                .get("exit")
+                .is_some_and(|e| e.get("signal").is_some())
+            {
                 NOTICE
             } else {
                 INFO
@@ -271,7 +274,7 @@ pub fn entry(record: &Record, identifier: &str) -> Entry {
     fields.push(("SYSLOG_IDENTIFIER".to_string(), identifier.to_string()));
     fields.push(("AIP_CLASS".to_string(), class.name().to_string()));
     for (k, v) in record.fields() {
-        if let Some(text) = field_value(v) {
+        if let Some(text) = field_value(&v) {
             fields.push((field_name(k), text));
         }
     }
@@ -309,7 +312,7 @@ pub fn message(record: &Record, class: EventClass) -> String {
                 "server", "tool", "approval", "answer", "dlp_rule", "host", "status", "pid",
                 "exit", "reason", "error",
             ] {
-                if let Some(v) = record.get(key).and_then(field_value) {
+                if let Some(v) = record.get(key).as_ref().and_then(field_value) {
                     out.push(' ');
                     out.push_str(key);
                     out.push('=');
@@ -324,7 +327,7 @@ pub fn message(record: &Record, class: EventClass) -> String {
     {
         ctx.push(format!("server {server}"));
     }
-    if let Some(uid) = record.get("uid").and_then(field_value) {
+    if let Some(uid) = record.get("uid").as_ref().and_then(field_value) {
         ctx.push(format!("uid {uid}"));
     }
     if let Some(session) = s("session_id") {

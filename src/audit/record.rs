@@ -8,6 +8,8 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::Arc;
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -31,9 +33,86 @@ impl Direction {
 }
 
 /// An audit record. Field order is insertion order; `timestamp` always comes first.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Record {
-    fields: Vec<(Cow<'static, str>, Value)>,
+    fields: Vec<(Cow<'static, str>, Field)>,
+}
+
+/// A field's value, stored compactly: a record is built for every message, and most of its
+/// values are constant strings, booleans or small numbers that need no allocation (and keep
+/// the field list small enough for the allocator's per-thread cache).
+#[derive(Debug, Clone)]
+enum Field {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Text(String),
+    Bool(bool),
+    Int(i64),
+    Json(Box<Value>),
+}
+
+impl From<Value> for Field {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::String(s) => Field::Text(s),
+            Value::Bool(b) => Field::Bool(b),
+            Value::Number(n) if n.is_i64() => Field::Int(n.as_i64().unwrap_or_default()),
+            v => Field::Json(Box::new(v)),
+        }
+    }
+}
+
+impl Field {
+    fn to_value(&self) -> Value {
+        match self {
+            Field::Static(s) => Value::from(*s),
+            Field::Shared(s) => Value::from(&**s),
+            Field::Text(s) => Value::from(s.as_str()),
+            Field::Bool(b) => Value::Bool(*b),
+            Field::Int(n) => Value::from(*n),
+            Field::Json(v) => (**v).clone(),
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Field::Static(s) => Some(s),
+            Field::Shared(s) => Some(s),
+            Field::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing into a Vec cannot fail, and a Value always serializes.
+        let _ = match self {
+            Field::Static(s) => serde_json::to_writer(&mut *out, s),
+            Field::Shared(s) => serde_json::to_writer(&mut *out, &**s),
+            Field::Text(s) => serde_json::to_writer(&mut *out, s),
+            Field::Bool(b) => {
+                out.extend_from_slice(if *b { b"true" } else { b"false" });
+                Ok(())
+            }
+            Field::Int(n) => {
+                let _ = write!(out, "{n}");
+                Ok(())
+            }
+            Field::Json(v) => serde_json::to_writer(&mut *out, v),
+        };
+    }
+}
+
+/// Records are equal when they have the same keys in the same order with equal JSON values,
+/// however each value is stored.
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&other.fields)
+                .all(|((ka, a), (kb, b))| ka == kb && a.to_value() == b.to_value())
+    }
 }
 
 impl Record {
@@ -47,7 +126,7 @@ impl Record {
         let mut fields = Vec::with_capacity(16);
         fields.push((
             Cow::Borrowed("timestamp"),
-            Value::String(format_timestamp(when)),
+            Field::Text(format_timestamp(when)),
         ));
         Record { fields }
     }
@@ -63,7 +142,19 @@ impl Record {
         self
     }
 
-    /// Sets `key` to `value` unless `value` is `None`.
+    /// Sets `key` to a constant string (no allocation; builder style).
+    pub fn with_static(mut self, key: &'static str, value: &'static str) -> Self {
+        self.put(Cow::Borrowed(key), Field::Static(value));
+        self
+    }
+
+    /// Sets `key` to a string shared by many records (a session id; no copy; builder style).
+    pub fn with_shared(mut self, key: &'static str, value: &Arc<str>) -> Self {
+        self.put(Cow::Borrowed(key), Field::Shared(Arc::clone(value)));
+        self
+    }
+
+    /// Sets `key` unless `value` is `None`.
     pub fn with_opt<V: Into<Value>>(
         mut self,
         key: impl Into<Cow<'static, str>>,
@@ -77,26 +168,42 @@ impl Record {
 
     /// Sets `key` (replacing an earlier value of the same key).
     pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) {
-        let key = key.into();
-        let value = value.into();
+        self.put(key.into(), Field::from(value.into()));
+    }
+
+    fn put(&mut self, key: Cow<'static, str>, value: Field) {
         match self.fields.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.fields.push((key, value)),
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    /// The value of `key`, as JSON.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.field(key).map(Field::to_value)
+    }
+
+    fn field(&self, key: &str) -> Option<&Field> {
         self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// The string value of `key`, if it is a string.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.get(key).and_then(Value::as_str)
+        self.field(key).and_then(Field::as_str)
     }
 
-    /// The fields in order.
-    pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.fields.iter().map(|(k, v)| (k.as_ref(), v))
+    /// The boolean value of `key`, if it is a boolean.
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        match self.field(key) {
+            Some(Field::Bool(b)) => Some(*b),
+            Some(Field::Json(v)) => v.as_bool(),
+            _ => None,
+        }
+    }
+
+    /// The fields in order, as JSON values.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, Value)> {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), v.to_value()))
     }
 
     /// Appends the record as one JSON object (no newline) to `out`.
@@ -106,10 +213,9 @@ impl Record {
             if i > 0 {
                 out.push(b',');
             }
-            // Writing into a Vec cannot fail, and a Value always serializes.
             let _ = serde_json::to_writer(&mut *out, k.as_ref());
             out.push(b':');
-            let _ = serde_json::to_writer(&mut *out, v);
+            v.write_json(out);
         }
         out.push(b'}');
     }

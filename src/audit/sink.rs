@@ -41,8 +41,13 @@ pub trait Sink: Send + Sync {
 /// JSON Lines file, created with mode 0600, appended to, one `write(2)` per batch.
 pub struct JsonlSink {
     path: PathBuf,
-    file: Mutex<File>,
+    /// The file and a line buffer kept between writes (one record per message: no allocation
+    /// per write).
+    file: Mutex<(File, Vec<u8>)>,
 }
+
+/// A write buffer grown past this by one huge batch is given back afterwards.
+const KEEP_BUFFER: usize = 256 * 1024;
 
 impl JsonlSink {
     pub fn open(path: &Path) -> Result<Self, AuditError> {
@@ -58,7 +63,7 @@ impl JsonlSink {
             })?;
         Ok(JsonlSink {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            file: Mutex::new((file, Vec::with_capacity(4096))),
         })
     }
 
@@ -66,30 +71,36 @@ impl JsonlSink {
         &self.path
     }
 
-    fn write_bytes(&self, buf: &[u8]) -> Result<(), AuditError> {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(buf).map_err(|source| AuditError::Write {
+    /// Serializes `records` into the kept buffer and writes them with one `write(2)`.
+    fn write_records<'r>(
+        &self,
+        records: impl IntoIterator<Item = &'r Record>,
+    ) -> Result<(), AuditError> {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, buf) = &mut *guard;
+        buf.clear();
+        for r in records {
+            r.write_json(buf);
+            buf.push(b'\n');
+        }
+        let result = file.write_all(buf).map_err(|source| AuditError::Write {
             target: self.path.display().to_string(),
             source,
-        })
+        });
+        if buf.capacity() > KEEP_BUFFER {
+            *buf = Vec::with_capacity(4096);
+        }
+        result
     }
 }
 
 impl Sink for JsonlSink {
     fn write(&self, record: &Record) -> Result<(), AuditError> {
-        let mut line = Vec::with_capacity(512);
-        record.write_json(&mut line);
-        line.push(b'\n');
-        self.write_bytes(&line)
+        self.write_records([record])
     }
 
     fn write_batch(&self, records: &[Record]) -> Result<(), AuditError> {
-        let mut buf = Vec::with_capacity(512 * records.len());
-        for r in records {
-            r.write_json(&mut buf);
-            buf.push(b'\n');
-        }
-        self.write_bytes(&buf)
+        self.write_records(records)
     }
 }
 

@@ -269,8 +269,12 @@ impl SessionSink {
         if let Some(id) = record.get_str("session_id") {
             *self.info.id.lock().unwrap_or_else(|p| p.into_inner()) = id.to_owned();
         }
-        let pid = record.get("pid").and_then(Value::as_u64).unwrap_or(0);
-        let report = record.get("sandbox").cloned().unwrap_or(Value::Null);
+        let pid = record
+            .get("pid")
+            .as_ref()
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let report = record.get("sandbox").unwrap_or(Value::Null);
         let ms = self.info.started.elapsed().as_secs_f64() * 1000.0;
         tracing::debug!(server = %self.info.server, start_ms = ms, "sandbox started");
         *self
@@ -384,8 +388,8 @@ mod tests {
         let recs = mem.records();
         assert_eq!(recs[0].get_str("server"), Some("fs"));
         assert_eq!(recs[0].get_str("policy"), Some("from-record"));
-        assert_eq!(recs[1].get("uid"), Some(&json!(1001)));
-        assert_eq!(recs[1].get("session_uid"), Some(&json!(1_900_000_000)));
+        assert_eq!(recs[1].get("uid"), Some(json!(1001)));
+        assert_eq!(recs[1].get("session_uid"), Some(json!(1_900_000_000)));
         assert_eq!(recs[1].get_str("policy"), Some("p"));
         let v = &t.list()[0];
         assert_eq!(v.session, "tok-session");

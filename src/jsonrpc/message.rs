@@ -558,11 +558,15 @@ impl<'de> Visitor<'de> for StrictValue {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(strict_err(format_args!("duplicate key {key:?}")));
+            // One hash per key: the vacant entry is filled in place.
+            match out.entry(key) {
+                serde_json::map::Entry::Occupied(e) => {
+                    return Err(strict_err(format_args!("duplicate key {:?}", e.key())));
+                }
+                serde_json::map::Entry::Vacant(e) => {
+                    e.insert(map.next_value_seed(StrictValue)?);
+                }
             }
-            let v = map.next_value_seed(StrictValue)?;
-            out.insert(key, v);
         }
         Ok(Value::Object(out))
     }

@@ -25,6 +25,22 @@ pub fn normalize(s: &str) -> Cow<'_, str> {
     if s.is_ascii() {
         return normalize_ascii(s);
     }
+    // Removing an invisible character can join a letter and a combining mark that NFKC then
+    // composes (`A\0\u{300}` → `a\u{300}` → `à`): repeat until nothing changes, so that
+    // NORMALIZE(NORMALIZE(x)) = NORMALIZE(x) and no spelling normalizes to a different name
+    // on a second look. Each pass only shortens or composes, so this ends after a few passes.
+    let mut cur = one_pass(s);
+    for _ in 0..8 {
+        let next = one_pass(&cur);
+        if next == cur {
+            break;
+        }
+        cur = next;
+    }
+    Cow::Owned(cur)
+}
+
+fn one_pass(s: &str) -> String {
     let folded: String = s.nfkc().collect::<String>().to_lowercase().nfkc().collect();
     let printable = match NON_PRINTABLE.as_ref() {
         Some(re) => re.replace_all(&folded, "").into_owned(),
@@ -35,7 +51,7 @@ pub fn normalize(s: &str) -> Cow<'_, str> {
             .filter(|c| c.is_alphanumeric() || c.is_ascii_graphic() || *c == ' ')
             .collect(),
     };
-    Cow::Owned(printable.trim().to_owned())
+    printable.trim().to_owned()
 }
 
 fn normalize_ascii(s: &str) -> Cow<'_, str> {

@@ -112,7 +112,9 @@ impl ProtectedPaths {
             if !seen.insert(abs.clone()) {
                 continue;
             }
-            let canon = resolve_prefix(&abs).filter(|c| *c != abs);
+            let canon = resolve_prefix(&abs)
+                .filter(|c| *c != abs)
+                .map(Cow::into_owned);
             let literal = (from_policy
                 && (raw.starts_with('~') || raw.contains("$HOME") || raw.contains("${HOME}")))
             .then(|| raw.trim_end_matches('/').to_owned())
@@ -159,7 +161,8 @@ impl ProtectedPaths {
         let mut scan = Scan {
             pp: self,
             resolutions: 0,
-            seen: HashSet::new(),
+            seen: Vec::new(),
+            seen_set: HashSet::new(),
         };
         let mut path = Vec::new();
         scan.value(args, &mut path)
@@ -196,10 +199,14 @@ impl ProtectedPaths {
 
     /// Tilde expansion and cwd for relative paths, then lexical cleaning.
     fn absolute(&self, token: &str) -> String {
+        self.absolute_cow(token).into_owned()
+    }
+
+    fn absolute_cow<'t>(&self, token: &'t str) -> Cow<'t, str> {
         if token.starts_with('~') {
-            clean(&self.absolute_raw(token), "/")
+            Cow::Owned(clean(&self.absolute_raw(token), "/"))
         } else {
-            clean(token, &self.cwd)
+            clean_cow(token, &self.cwd)
         }
     }
 
@@ -207,6 +214,10 @@ impl ProtectedPaths {
     /// following symlinks (`link/../x` is the parent of the link's target), so symlink
     /// resolution must start from this form.
     fn absolute_raw(&self, token: &str) -> String {
+        self.absolute_raw_cow(token).into_owned()
+    }
+
+    fn absolute_raw_cow<'t>(&self, token: &'t str) -> Cow<'t, str> {
         if let Some(rest) = token.strip_prefix('~') {
             let (user, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             let base = if user.is_empty() {
@@ -222,13 +233,13 @@ impl ProtectedPaths {
                 None
             };
             if let Some(b) = base {
-                return format!("{b}/{tail}");
+                return Cow::Owned(format!("{b}/{tail}"));
             }
         }
         if token.starts_with('/') {
-            token.to_owned()
+            Cow::Borrowed(token)
         } else {
-            format!("{}/{token}", self.cwd)
+            Cow::Owned(format!("{}/{token}", self.cwd))
         }
     }
 
@@ -293,7 +304,26 @@ impl ProtectedPaths {
 struct Scan<'a> {
     pp: &'a ProtectedPaths,
     resolutions: usize,
-    seen: HashSet<String>,
+    /// Paths already resolved in this call. A call usually holds a handful, so a list searched
+    /// linearly beats hashing until it grows (then `seen_set` takes over).
+    seen: Vec<String>,
+    seen_set: HashSet<String>,
+}
+
+impl Scan<'_> {
+    /// Records `raw` as resolved; false when it already was.
+    fn first_time(&mut self, raw: &str) -> bool {
+        const LINEAR: usize = 32;
+        if self.seen.iter().any(|s| s == raw) || self.seen_set.contains(raw) {
+            return false;
+        }
+        if self.seen.len() < LINEAR {
+            self.seen.push(raw.to_owned());
+        } else {
+            self.seen_set.insert(raw.to_owned());
+        }
+        true
+    }
 }
 
 enum Seg<'v> {
@@ -375,8 +405,10 @@ impl<'v> Scan<'_> {
     fn view(&mut self, view: &str, whole_allowed: bool) -> Option<usize> {
         let pp = self.pp;
         let expanded = pp.expand_home_vars(view);
-        let mut words = tokens(&expanded);
-        let whole = whole_allowed && words.next().is_some() && words.next().is_none();
+        let whole = whole_allowed && {
+            let mut words = tokens(&expanded);
+            words.next().is_some() && words.next().is_none()
+        };
         for t in tokens(&expanded) {
             if let Some(i) = self.token(t, whole) {
                 return Some(i);
@@ -402,7 +434,7 @@ impl<'v> Scan<'_> {
         if !pathish && !whole {
             return None;
         }
-        let abs = pp.absolute(t);
+        let abs = pp.absolute_cow(t);
         if let Some(i) = pp.hit(&abs) {
             return Some(i);
         }
@@ -414,8 +446,8 @@ impl<'v> Scan<'_> {
         if !pp.resolve {
             return None;
         }
-        let raw = pp.absolute_raw(t);
-        if !self.seen.insert(raw.clone()) {
+        let raw = pp.absolute_raw_cow(t);
+        if !self.first_time(&raw) {
             return None;
         }
         self.resolutions += 1;
@@ -431,10 +463,12 @@ impl<'v> Scan<'_> {
 
 /// Whether `s` has anything that other views would decode (`%`, quotes, `\\`, `file:`).
 fn needs_views(s: &str) -> bool {
-    s.contains(['%', '\'', '"', '\\'])
-        || s.as_bytes()
-            .windows(5)
-            .any(|w| w.eq_ignore_ascii_case(b"file:"))
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, c)| match c {
+        b'%' | b'\'' | b'"' | b'\\' => true,
+        b':' => i >= 4 && b[i - 4..i].eq_ignore_ascii_case(b"file"),
+        _ => false,
+    })
 }
 
 /// Shell-like words of `s`: split at delimiters, except that `scheme://` stays in one word.
@@ -452,25 +486,63 @@ impl<'a> Iterator for Tokens<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         let s = self.s;
-        let start = s[self.pos..]
-            .char_indices()
-            .find(|(i, c)| !delimiter_at(s, self.pos + i, *c))
-            .map(|(i, _)| self.pos + i)?;
-        let end = s[start..]
-            .char_indices()
-            .find(|(i, c)| delimiter_at(s, start + i, *c))
-            .map_or(s.len(), |(i, _)| start + i);
+        let start = find_from(s, self.pos, |i| !delimiter_at(s, i))?;
+        let end = find_from(s, start, |i| delimiter_at(s, i)).unwrap_or(s.len());
         self.pos = end;
         Some(&s[start..end])
     }
 }
 
-fn delimiter_at(s: &str, i: usize, c: char) -> bool {
-    if c == ':' {
-        return !s[i + 1..].starts_with("//");
+/// The first char boundary at or after `from` where `pred` holds. Steps a byte at a time
+/// through ASCII (every delimiter but Unicode spaces and controls is ASCII).
+fn find_from(s: &str, from: usize, pred: impl Fn(usize) -> bool) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = from;
+    while i < b.len() {
+        if pred(i) {
+            return Some(i);
+        }
+        i += utf8_len(b[i]);
     }
-    is_delimiter(c)
+    None
 }
+
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+/// Whether the character starting at byte `i` of `s` splits words.
+fn delimiter_at(s: &str, i: usize) -> bool {
+    let b = s.as_bytes()[i];
+    match b {
+        b':' => !s.as_bytes()[i + 1..].starts_with(b"//"),
+        0..=0x7f => ASCII_DELIMITERS[usize::from(b)],
+        _ => s[i..].chars().next().is_some_and(is_delimiter),
+    }
+}
+
+/// [`is_delimiter`] for ASCII (without `:`, which depends on what follows).
+static ASCII_DELIMITERS: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut i = 0;
+    while i < 128 {
+        // Mirrors `is_delimiter`: every ASCII whitespace is also a control character or space.
+        t[i] = i < 0x20 || i == 0x7f;
+        i += 1;
+    }
+    let extra = b" ;|&<>(){},=`'\"";
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+};
 
 /// The views of a string to examine (see the module docs).
 fn views(s: &str) -> Vec<Cow<'_, str>> {
@@ -578,6 +650,21 @@ fn is_delimiter(c: char) -> bool {
 /// Lexically cleans `path` (absolute, or relative to the clean absolute `base`): no `.`,
 /// `..` or empty components; `..` never goes above `/`.
 pub(crate) fn clean(path: &str, base: &str) -> String {
+    clean_cow(path, base).into_owned()
+}
+
+/// [`clean`], borrowing `path` when it already is clean and absolute (the common case on the
+/// hot path: no allocation).
+fn clean_cow<'a>(path: &'a str, base: &str) -> Cow<'a, str> {
+    let b = path.as_bytes();
+    let already_clean = b.first() == Some(&b'/')
+        && (b.len() == 1
+            || b[1..]
+                .split(|c| *c == b'/')
+                .all(|c| !matches!(c, b"" | b"." | b"..")));
+    if already_clean {
+        return Cow::Borrowed(path);
+    }
     let mut out = String::with_capacity(base.len() + path.len() + 1);
     let base = if path.starts_with('/') { "" } else { base };
     for c in base.split('/').chain(path.split('/')) {
@@ -597,7 +684,7 @@ pub(crate) fn clean(path: &str, base: &str) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out
+    Cow::Owned(out)
 }
 
 /// `path` is `base` or below it.
@@ -641,25 +728,25 @@ fn contains_path(hay: &str, needle: &str) -> bool {
 /// Fast path: one `openat2(O_PATH, RESOLVE_NO_SYMLINKS)` proves there is no symlink on the way
 /// (it succeeds, or stops at a missing component), so the lexical form is the real one. Otherwise `realpath`, and for paths that do not exist
 /// yet (a file about to be written) a walk that follows dangling symlinks too.
-fn resolve_prefix(raw: &str) -> Option<String> {
+fn resolve_prefix(raw: &str) -> Option<Cow<'_, str>> {
     use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat2};
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
     match openat2(AT_FDCWD, raw, how) {
-        Ok(_) => return Some(clean(raw, "/")),
+        Ok(_) => return Some(clean_cow(raw, "/")),
         // The walk stopped at a missing component (or a file used as a directory) without
         // meeting a symlink: the existing prefix is real and the rest cannot be a link yet, so
         // the lexical form is the real one. Only ELOOP (a symlink on the way) needs more work.
         Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => {
-            return Some(clean(raw, "/"));
+            return Some(clean_cow(raw, "/"));
         }
         Err(_) => {}
     }
     if let Ok(real) = std::fs::canonicalize(raw) {
-        return Some(clean(&real.to_string_lossy(), "/"));
+        return Some(Cow::Owned(clean(&real.to_string_lossy(), "/")));
     }
-    resolve_walk(raw)
+    resolve_walk(raw).map(Cow::Owned)
 }
 
 /// `realpath` that tolerates a missing tail and follows dangling symlinks (writing through

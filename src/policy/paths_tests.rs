@@ -303,3 +303,40 @@ fn resolution_keeps_missing_tails_and_clean_paths() {
         Some(d.as_ref())
     );
 }
+
+#[test]
+fn ascii_delimiter_table_matches_is_delimiter() {
+    for b in 0u8..128 {
+        if b == b':' {
+            continue;
+        }
+        let s = (b as char).to_string();
+        assert_eq!(
+            delimiter_at(&s, 0),
+            is_delimiter(b as char),
+            "byte {b:#04x}"
+        );
+    }
+    assert!(delimiter_at("a:b", 1));
+    assert!(!delimiter_at("file://x", 4));
+    assert!(delimiter_at("a\u{2003}b", 1), "em space");
+}
+
+#[test]
+fn clean_borrows_only_paths_that_are_already_clean() {
+    for p in ["/", "/a", "/a/b.c", "/a/.b", "/a/..b"] {
+        assert!(matches!(clean_cow(p, "/x"), Cow::Borrowed(_)), "{p}");
+        assert_eq!(clean(p, "/x"), p);
+    }
+    for (p, want) in [
+        ("/a/", "/a"),
+        ("/a//b", "/a/b"),
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/a/..", "/"),
+        ("/a/.", "/a"),
+        ("rel", "/x/rel"),
+    ] {
+        assert_eq!(clean_cow(p, "/x"), want, "{p}");
+    }
+}

@@ -89,7 +89,7 @@ fn resolve(sh: &Arc<Shared>, mut d: Deferred) {
                 .map(|a| super::dlp::redacted_copy(sh, a));
             let req = ApprovalRequest {
                 server: sh.cfg.server_name.clone(),
-                session_id: sh.session_id.clone(),
+                session_id: sh.session_id.to_string(),
                 request_id: d.msg.id_text().unwrap_or("null").to_owned(),
                 tool: d.outcome.tool.clone(),
                 args_preview: ApprovalRequest::preview(args.as_ref()),

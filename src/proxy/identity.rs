@@ -34,7 +34,7 @@ pub(super) enum TokenStep {
 
 fn token_record(sh: &Shared, event: &str) -> Record {
     Record::event(event)
-        .with("session_id", sh.session_id.as_str())
+        .with_shared("session_id", &sh.session_id)
         .with("direction", Direction::Upstream.as_str())
 }
 

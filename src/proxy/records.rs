@@ -14,18 +14,23 @@ const MAX_ARGS_BYTES: usize = 16 * 1024;
 
 fn base(sh: &Shared, direction: Direction) -> Record {
     Record::now()
-        .with("session_id", sh.session_id.as_str())
-        .with("direction", direction.as_str())
+        .with_shared("session_id", &sh.session_id)
+        .with_static("direction", direction.as_str())
 }
 
-fn event(sh: &Shared, name: &str, direction: Direction) -> Record {
-    base(sh, direction).with("event", name)
+fn event(sh: &Shared, name: &'static str, direction: Direction) -> Record {
+    base(sh, direction).with_static("event", name)
 }
 
 fn id_value(id_text: Option<&str>) -> Value {
-    id_text
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null)
+    let Some(text) = id_text else {
+        return Value::Null;
+    };
+    // Most ids are small integers: no JSON parse for those.
+    if let Ok(n) = text.parse::<i64>() {
+        return Value::from(n);
+    }
+    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
 /// `args` for a record: DLP-redacted, or a size summary when the call's params text (which
@@ -49,7 +54,7 @@ pub(super) fn method_decision(
     let mut r = base(sh, Direction::Upstream)
         .with("request_id", id_value(id_text))
         .with("method", raw_method)
-        .with(
+        .with_static(
             "decision",
             if gate.denied.is_some() {
                 "BLOCK"
@@ -57,7 +62,7 @@ pub(super) fn method_decision(
                 "ALLOW"
             },
         )
-        .with("policy_mode", sh.mode_str())
+        .with_static("policy_mode", sh.mode_str())
         .with("violation", gate.denied.is_some());
     if let Some(err) = &gate.denied {
         r.set("error_code", err.code);
@@ -79,22 +84,22 @@ pub(super) fn call_decision(
         .with("method", raw_method)
         .with("tool", out.tool.as_str())
         .with("args", bounded_args(sh, args, params_len))
-        .with("decision", out.audit_decision)
-        .with("policy_mode", sh.mode_str())
+        .with_static("decision", out.audit_decision)
+        .with_static("policy_mode", sh.mode_str())
         .with("violation", out.violation)
         .with_opt("failed_arg", out.failed_arg.clone())
         .with_opt("failed_rule", out.failed_rule.clone())
         .with_opt("error_code", out.error_code())
         .with_opt("reason", out.reason.clone())
-        .with("verdict", out.kind)
+        .with_static("verdict", out.kind)
         .with_opt("token_id", out.token_id.clone())
 }
 
 pub(super) fn rejected(sh: &Shared, id_text: Option<&str>, reason: &str, code: i64) -> Record {
     base(sh, Direction::Upstream)
         .with("request_id", id_value(id_text))
-        .with("decision", "BLOCK")
-        .with("policy_mode", sh.mode_str())
+        .with_static("decision", "BLOCK")
+        .with_static("policy_mode", sh.mode_str())
         .with("violation", true)
         .with("error_code", code)
         .with("reason", reason)

@@ -26,8 +26,9 @@ use super::records;
 pub(super) struct Batch {
     records: Vec<Record>,
     forward: Vec<u8>,
-    /// Ids (exact text) of the requests in `forward`, to fail them if forwarding fails.
-    forwarded_ids: Vec<String>,
+    /// Ids (exact JSON text, one per line: JSON text never holds a raw newline) of the
+    /// requests in `forward`, to fail them if forwarding fails. One buffer, not a string each.
+    forwarded_ids: String,
     replies: Vec<u8>,
 }
 
@@ -48,7 +49,8 @@ impl Batch {
         self.forward.extend_from_slice(bytes);
         self.forward.push(b'\n');
         if let Some(id) = id_text {
-            self.forwarded_ids.push(id.to_owned());
+            self.forwarded_ids.push_str(id);
+            self.forwarded_ids.push('\n');
         }
     }
 
@@ -125,7 +127,7 @@ fn fail_forwarded(sh: &Shared, batch: &mut Batch, err: &ErrorReply) {
     batch.forward.clear();
     let ids = std::mem::take(&mut batch.forwarded_ids);
     let mut pending = sh.pending();
-    for id in &ids {
+    for id in ids.lines() {
         pending.take_client_by_text(id);
         batch.replies.extend_from_slice(&err.to_line(Some(id)));
     }
