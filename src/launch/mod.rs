@@ -431,7 +431,11 @@ pub fn run_stdio(opts: Options) -> Result<u8, LaunchError> {
         },
         user: None,
         approver: build_approver(opts.approver, opts.approval_prompts_per_minute),
-        proxy: opts.proxy.clone(),
+        proxy: proxy::ProxyConfig {
+            // One session per process: its start-up code is never needed again.
+            release_startup_memory: true,
+            ..opts.proxy.clone()
+        },
         runtime: runtime.as_ref().map(|r| r.handle().clone()),
         embedded_server: true,
         session_id: None,

@@ -15,6 +15,7 @@ mod dlp;
 mod downstream;
 mod identity;
 mod lifecycle;
+mod memory;
 mod output;
 mod pending;
 mod records;
@@ -64,6 +65,9 @@ pub struct ProxyConfig {
     /// How long a pump polls its input after handling a message before it sleeps in `read`
     /// (see `SpinRead`); zero disables polling.
     pub spin: Duration,
+    /// Once the session runs, drop start-up code pages and trim the heap (a one-session
+    /// process; not the daemon, whose later sessions would fault them back in).
+    pub release_startup_memory: bool,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +83,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(2),
             server_name: "server".into(),
             spin: Duration::from_micros(100),
+            release_startup_memory: false,
         }
     }
 }
@@ -212,7 +217,7 @@ pub(crate) struct Shared {
     engine: Arc<Engine>,
     audit: Arc<dyn Sink>,
     approver: Arc<dyn Approver>,
-    session_id: String,
+    session_id: Arc<str>,
     identity: Option<Identity>,
     remote: Option<Remote>,
     to_server: Output,
@@ -280,7 +285,7 @@ pub fn run(
         engine: session.engine,
         audit: session.audit,
         approver: session.approver,
-        session_id: session.session_id,
+        session_id: Arc::from(session.session_id),
         identity: session.identity,
         remote: session.remote,
     });
@@ -332,6 +337,9 @@ pub fn run(
         watch_signals(tx.clone());
     }
     drop(tx);
+    if sh.cfg.release_startup_memory {
+        memory::release_startup_pages();
+    }
 
     let status = lifecycle::supervise(&sh, server.as_ref(), &rx);
     // Calls the server never answered get an error, if the client is still listening.
