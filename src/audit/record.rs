@@ -49,6 +49,8 @@ enum Field {
     Bool(bool),
     Int(i64),
     Json(Box<Value>),
+    /// JSON text serialized from a `Value` when the record was built (no copy of the value kept).
+    Serialized(String),
 }
 
 impl From<Value> for Field {
@@ -71,6 +73,8 @@ impl Field {
             Field::Bool(b) => Value::Bool(*b),
             Field::Int(n) => Value::from(*n),
             Field::Json(v) => (**v).clone(),
+            // Produced by serde_json from a Value, so it parses back to that value.
+            Field::Serialized(text) => serde_json::from_str(text).unwrap_or(Value::Null),
         }
     }
 
@@ -98,6 +102,10 @@ impl Field {
                 Ok(())
             }
             Field::Json(v) => serde_json::to_writer(&mut *out, v),
+            Field::Serialized(text) => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
         };
     }
 }
@@ -151,6 +159,14 @@ impl Record {
     /// Sets `key` to a string shared by many records (a session id; no copy; builder style).
     pub fn with_shared(mut self, key: &'static str, value: &Arc<str>) -> Self {
         self.put(Cow::Borrowed(key), Field::Shared(Arc::clone(value)));
+        self
+    }
+
+    /// Sets `key` to `value`, serialized now: for a large value borrowed from a message, instead
+    /// of a copy of it (builder style).
+    pub fn with_serialized(mut self, key: &'static str, value: &Value) -> Self {
+        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
+        self.put(Cow::Borrowed(key), Field::Serialized(text));
         self
     }
 

@@ -121,6 +121,11 @@ pub(super) fn scan_response(
 /// A copy of `v` with DLP applied, for audit records and dialogs: request patterns when the
 /// policy scans requests, otherwise the response patterns (so secrets known to the policy are
 /// not copied into the audit log verbatim).
+/// Whether [`redacted_copy`] can change anything (DLP is on).
+pub(super) fn redacts_records(sh: &Shared) -> bool {
+    sh.engine.dlp().is_some_and(|d| d.enabled)
+}
+
 pub(super) fn redacted_copy(sh: &Shared, v: &Value) -> Value {
     let mut copy = v.clone();
     if let Some(dlp) = sh.engine.dlp().filter(|d| d.enabled) {

@@ -33,16 +33,24 @@ fn id_value(id_text: Option<&str>) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
-/// `args` for a record: DLP-redacted, or a size summary when the call's params text (which
-/// bounds the arguments' size) is over [`MAX_ARGS_BYTES`].
-fn bounded_args(sh: &Shared, args: Option<&Value>, params_len: usize) -> Value {
+/// Sets `args` on a record: DLP-redacted, or a size summary when the call's params text (which
+/// bounds the arguments' size) is over [`MAX_ARGS_BYTES`]. Without DLP the arguments are
+/// serialized straight from the message, not copied first.
+fn with_bounded_args(r: Record, sh: &Shared, args: Option<&Value>, params_len: usize) -> Record {
     let Some(args) = args else {
-        return json!({});
+        return r.with("args", json!({}));
     };
     if params_len > MAX_ARGS_BYTES {
-        return json!({"_aip_truncated": true, "params_bytes": params_len});
+        return r.with(
+            "args",
+            json!({"_aip_truncated": true, "params_bytes": params_len}),
+        );
     }
-    dlp::redacted_copy(sh, args)
+    if dlp::redacts_records(sh) {
+        r.with("args", dlp::redacted_copy(sh, args))
+    } else {
+        r.with_serialized("args", args)
+    }
 }
 
 pub(super) fn method_decision(
@@ -79,11 +87,11 @@ pub(super) fn call_decision(
     args: Option<&Value>,
     params_len: usize,
 ) -> Record {
-    base(sh, Direction::Upstream)
+    let r = base(sh, Direction::Upstream)
         .with("request_id", id_value(id_text))
         .with("method", raw_method)
-        .with("tool", out.tool.as_str())
-        .with("args", bounded_args(sh, args, params_len))
+        .with("tool", out.tool.as_str());
+    with_bounded_args(r, sh, args, params_len)
         .with_static("decision", out.audit_decision)
         .with_static("policy_mode", sh.mode_str())
         .with("violation", out.violation)
