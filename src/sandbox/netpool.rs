@@ -59,12 +59,18 @@ pub fn enable(size: usize) -> bool {
     true
 }
 
-/// A fresh namespace from the pool, if one is ready.
+/// A fresh namespace from the pool, if one is ready. The pool is refilled only on [`refill`]:
+/// creating a namespace is about a millisecond of CPU, which on a small machine would compete
+/// with the very spawn that took one.
 pub fn take() -> Option<OwnedFd> {
-    let pool = POOL.get()?;
-    let fd = pool.ready.lock().ok()?.pop();
-    pool.wanted.notify_one();
-    fd
+    POOL.get()?.ready.lock().ok()?.pop()
+}
+
+/// Lets the filler replace what was taken; called once a spawn is over.
+pub fn refill() {
+    if let Some(pool) = POOL.get() {
+        pool.wanted.notify_one();
+    }
 }
 
 /// The filler: creates namespaces on its own thread (a thread's network namespace is its own)
