@@ -77,6 +77,9 @@ pub fn refill() {
 /// and returns to `home` after each one.
 fn fill(home: OwnedFd) {
     let Some(pool) = POOL.get() else { return };
+    // Creating a namespace is CPU work in this thread's context: at idle priority it never
+    // delays a spawn (or anything else). Should the pool then run dry, spawns create their own.
+    let _ = sys::run_only_when_idle();
     loop {
         {
             let Ok(mut ready) = pool.ready.lock() else {

@@ -188,6 +188,8 @@ fn network(mode: &NetMode, pooled: bool) -> Result<Vec<OwnedFd>, SetupFailure> {
     let fail = |e: io::Error| SetupFailure::new(Layer::Network, "network namespace setup", &e);
     match mode {
         NetMode::Host => Ok(Vec::new()),
+        // Bringing `lo` up is all "none" needs, and the pool did it already.
+        NetMode::None if pooled => Ok(Vec::new()),
         NetMode::None => match super::net::setup_in_netns(mode) {
             Ok(fds) => Ok(fds),
             // Until `net` implements it, bringing `lo` up is all "none" needs.

@@ -418,6 +418,19 @@ pub fn loopback_up() -> io::Result<()> {
     }
 }
 
+/// `sched_setscheduler(0, SCHED_IDLE)`: the calling thread only runs when a CPU would otherwise
+/// be idle. Scope: calling thread. Errors: `EPERM`, `EINVAL` (kernels without SCHED_IDLE).
+pub fn run_only_when_idle() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` lives for the call; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Resets every catchable signal to its default action (`SIG_DFL`). A forked child inherits the
 /// supervisor's handlers (tokio installs some) and ignored signals (Rust ignores `SIGPIPE`), and
 /// ignored signals survive `execve`. Scope: calling process. Errors are impossible for valid
