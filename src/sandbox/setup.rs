@@ -1,19 +1,22 @@
 //! The code that runs inside the sandbox's setup processes, between `fork` and the server's
-//! `execve`. Three processes, in order (the numbered list in `sandbox/mod.rs` is the contract):
+//! `execve` (the numbered list in `sandbox/mod.rs` is the contract):
 //!
-//! * `first` (forked by the supervisor's spawner thread): parent-death signal, close every
-//!   inherited fd, enter the cgroup, user namespace (unprivileged only), unshare the other
-//!   namespaces, host name, network; then clone the reaper as a sibling (`CLONE_PARENT`), hand
-//!   its pid and the listener fds to the supervisor, and exit.
-//! * `reaper` (pid 1 of the new pid namespace, child of the supervisor): arms its
-//!   parent-death signal and checks the supervisor is still there, builds the root file system and pivots into it, forks the server, drops
-//!   to `CAP_KILL` and becomes the reaper loop.
+//! * `init` (root supervisors: forked by the spawner thread straight into the new pid
+//!   namespace, whose pid 1 it is) or `first` (unprivileged: forked by the spawner thread; it
+//!   creates the user namespace, then clones the reaper as a sibling with `CLONE_PARENT`, hands
+//!   its pid over and exits). Both run `isolate`: close every inherited fd, enter the cgroup,
+//!   unshare the namespaces, host name, network; the listener fds go to the supervisor.
+//! * `reaper` (pid 1 of the new pid namespace, child of the supervisor): arms its parent-death
+//!   signal and checks the supervisor is still there, builds the root file system and pivots
+//!   into it, sheds what it can of its privileges, starts the server sharing its memory until
+//!   the server's `execve`, drops to `CAP_KILL` and becomes the reaper loop.
 //! * `server`: new session, stdio, fds, cwd, rlimits, Landlock ruleset, privileges,
 //!   Landlock enforcement, seccomp, signal mask, `execve`.
 //!
 //! Every failure is reported as a [`SetupFailure`] frame on the close-on-exec report pipe before
 //! the process exits. Constraints (we are a fork of a multi-threaded process): no logging, no
-//! stdio, no `std::env`, no locks another thread may hold; allocation is fine (glibc fork).
+//! stdio, no `std::env`, no locks another thread may hold; allocation is fine (glibc fork; the
+//! server allocates in the reaper's heap, which is suspended meanwhile).
 
 use std::ffi::CString;
 use std::io;
