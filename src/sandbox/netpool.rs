@@ -2,7 +2,7 @@
 //! background thread so a root supervisor (aipd) does not pay the network namespace creation
 //! (about a millisecond on the build VM, the most expensive single step of a spawn) while a
 //! client waits. Each namespace is handed to exactly one sandbox and never reused; the sandbox's
-//! first setup process joins it with `setns` instead of unsharing a new one.
+//! reaper joins it with `setns` instead of unsharing a new one.
 //!
 //! Only for a root supervisor: an unprivileged sandbox's network namespace must belong to its own
 //! user namespace, which does not exist before the spawn. Off unless [`enable`] is called (a

@@ -1,7 +1,7 @@
 //! The supervisor's side of one spawn: creates the report pipe and the control socket, forks the
-//! first setup process, receives the reaper's pid and the listener fds, reads the
-//! layers' reports until the server has exec'd or a step failed, and builds the
-//! [`SandboxChild`] and its [`LayerReport`].
+//! reaper into its pid namespace (root) or the first setup process (which clones it and sends
+//! its pid), receives the listener fds, reads the layers' reports until the server has exec'd or
+//! a step failed, and builds the [`SandboxChild`] and its [`LayerReport`].
 //!
 //! All forks happen on one long-lived spawner thread: `PR_SET_PDEATHSIG` fires when the
 //! *thread* that forked exits, so forking from short-lived threads (tokio's blocking pool) would
