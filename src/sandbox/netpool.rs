@@ -77,9 +77,11 @@ pub fn refill() {
 /// and returns to `home` after each one.
 fn fill(home: OwnedFd) {
     let Some(pool) = POOL.get() else { return };
-    // Creating a namespace is CPU work in this thread's context: at idle priority it never
-    // delays a spawn (or anything else). Should the pool then run dry, spawns create their own.
-    let _ = sys::run_only_when_idle();
+    // Creating a namespace is CPU work in this thread's context: at the lowest priority it
+    // yields to a spawn (or anything else). Not SCHED_IDLE: starved under load while holding
+    // rtnl_lock, it would stall every network configuration. Should the pool run dry, spawns
+    // create their own.
+    let _ = sys::lowest_priority();
     loop {
         {
             let Ok(mut ready) = pool.ready.lock() else {

@@ -418,12 +418,13 @@ pub fn loopback_up() -> io::Result<()> {
     }
 }
 
-/// `sched_setscheduler(0, SCHED_IDLE)`: the calling thread only runs when a CPU would otherwise
-/// be idle. Scope: calling thread. Errors: `EPERM`, `EINVAL` (kernels without SCHED_IDLE).
-pub fn run_only_when_idle() -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` lives for the call; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+/// `setpriority(PRIO_PROCESS, gettid(), 19)`: the calling thread gets the smallest share of a
+/// busy CPU, but (unlike SCHED_IDLE) a steady one, so a kernel lock it holds is never held for
+/// long. Scope: calling thread. Errors: `EPERM` (not for lowering).
+pub fn lowest_priority() -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+    // SAFETY: integer arguments only; PRIO_PROCESS with a thread id applies to that thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) };
     if rc == -1 {
         Err(io::Error::last_os_error())
     } else {
