@@ -6,30 +6,38 @@
 //! reads policy files and never decides what to allow.
 //!
 //! # Shape and why
-//! A sandbox costs three short-lived forks and leaves two processes: the reaper and the server.
+//! A sandbox costs one fork (two unprivileged) and one `CLONE_VM` start, and leaves two
+//! processes: the reaper and the server.
 //! 1. **Supervisor, before forking** (`prepare`): validate the spec, check the Landlock floor
 //!    against the kernel, pick cgroup v2 or rlimits (and create the cgroup), compile the seccomp
 //!    filters (once per process), build the `execve` strings. Refusals happen here.
 //! 2. **Spawner thread** (`supervise`): a dedicated long-lived thread forks through glibc, so
 //!    malloc keeps working in the child of our multi-threaded process, and the parent-death
-//!    signal (tied to the forking *thread*) only fires when the supervisor process dies.
+//!    signal (tied to the forking *thread*) only fires when the supervisor process dies. Its
+//!    capability bounding set is emptied once (root), so its children inherit an empty one.
 //!    A long-lived supervisor with many sessions (aipd) installs a [`SpawnServer`] instead: a
 //!    small process forked at its start that runs steps 1 and 2 on its behalf, because a fork's
 //!    cost grows with the forking process's memory (`zygote`).
-//! 3. **First setup process** (`setup::first`): parent-death signal, close every inherited fd,
-//!    enter the cgroup, create the user namespace first when not root (own uid/gid mapped),
-//!    unshare mount, pid, net (or join one made ahead by `netpool`), ipc, uts and cgroup
-//!    namespaces, set the host name, bring up the
-//!    network namespace (`net::setup_in_netns`: `lo`, capture routes, egress listeners, whose
-//!    fds go to the supervisor over `SCM_RIGHTS`), then `clone(CLONE_PARENT)` the reaper so it is
-//!    the supervisor's own child (no waiting intermediate process) and exit.
-//! 4. **Reaper, pid 1 inside** (`setup::reaper_process`, `mounts`, `reaper`): arms its
+//! 3. **Namespaces** (`setup::init`, `setup::isolate`): as root the spawner thread unshares the
+//!    pid namespace and forks the reaper straight into it (then puts its own setting back). An
+//!    unprivileged pid namespace must belong to a user namespace that only a single-threaded
+//!    process can create, so there a first setup process (`setup::first`) does this step and
+//!    `clone(CLONE_PARENT)`s the reaper, which is then the supervisor's own child too. The
+//!    step: parent-death signal, close every inherited fd, enter the cgroup, create the user
+//!    namespace first when not root (own uid/gid mapped), unshare mount, (pid,) net (or join
+//!    one made ahead by `netpool`), ipc, uts and cgroup namespaces, set the host name, bring up
+//!    the network namespace (`net::setup_in_netns`: `lo`, capture routes, egress listeners,
+//!    whose fds go to the supervisor over `SCM_RIGHTS`).
+//! 4. **Reaper, pid 1 inside** (`setup::build_and_serve`, `mounts`, `reaper`): arms its
 //!    parent-death signal and checks the supervisor's end of the control socket is still open
 //!    (closing the race), builds the root: private propagation,
 //!    binds opened with `openat2(RESOLVE_NO_SYMLINKS)` and made read-only/nosuid/nodev/noexec
 //!    while detached, fresh `/proc` (`hidepid=invisible`), minimal `/dev`, private `/tmp` and
-//!    `/dev/shm`, generated `/etc` files, then `pivot_root` and detach the host tree; forks the
-//!    server, keeps only `CAP_KILL`, and reaps and forwards signals until the server exits.
+//!    `/dev/shm`, generated `/etc` files, then `pivot_root` and detach the host tree; becomes
+//!    non-dumpable with empty bounding, ambient and inheritable sets and `no_new_privs`; starts
+//!    the server with `clone(CLONE_VM | CLONE_VFORK)` (no page tables copied; the reaper waits
+//!    until the server's `execve`), keeps only `CAP_KILL`, and reaps and forwards signals until
+//!    the server exits.
 //! 5. **Server** (`setup::server_steps`): `setsid`, stdio on 0-2 and every other fd
 //!    close-on-exec, cwd, rlimits (`RLIMIT_CORE=0`…), the Landlock ruleset (built while paths
 //!    can still be opened), securebits locked, all capability sets emptied, uid/gid switch,
@@ -91,7 +99,7 @@ pub fn prewarm_network_namespaces(size: usize) -> bool {
 /// Starts the command of `spec` in a new sandbox (through the spawn server when one is installed,
 /// see [`SpawnServer`]) with `stdio` as its stdin, stdout and stderr.
 ///
-/// Blocks until the server has been exec'd (about a millisecond) or a layer failed; the error then
+/// Blocks until the server has been exec'd (two to three milliseconds) or a layer failed; the error then
 /// names the layer and the rule. May be called from any thread, including async runtimes'
 /// worker threads (the fork itself happens on a dedicated spawner thread).
 pub fn spawn(spec: &SandboxSpec, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {

@@ -113,13 +113,24 @@ fn detach_source(
     Ok(Detached { mount, is_dir })
 }
 
+/// An opened directory of the new root.
+struct Dir {
+    fd: OwnedFd,
+    /// On one of our tmpfs mounts: directories and files may be created in it.
+    ours: bool,
+    /// Made by us during this build (or the root of a tmpfs we just mounted): it holds exactly
+    /// what [`Tree::made`] lists below it, so a name not listed there needs no lookup first.
+    fresh: bool,
+}
+
 /// The new root while it is being built: directories already opened (each path is resolved
-/// once), and which tmpfs mounts are ours (by device number): the only places where directories
-/// and files may be created.
+/// once), which tmpfs mounts are ours (by device number), and what this build created. Only
+/// our tmpfs mounts ever get directories or files created in them.
 struct Tree {
     root: OwnedFd,
-    dirs: HashMap<PathBuf, OwnedFd>,
+    dirs: HashMap<PathBuf, Dir>,
     ours: HashSet<u64>,
+    made: HashSet<PathBuf>,
 }
 
 impl Tree {
@@ -128,6 +139,7 @@ impl Tree {
             root,
             dirs: HashMap::new(),
             ours: HashSet::new(),
+            made: HashSet::new(),
         };
         let root_fd = tree.root.try_clone().ok();
         if let Some(fd) = root_fd {
@@ -151,7 +163,26 @@ impl Tree {
     fn fd(&self, dir: &Path) -> BorrowedFd<'_> {
         self.dirs
             .get(dir)
-            .map_or(self.root.as_fd(), |fd| fd.as_fd())
+            .map_or(self.root.as_fd(), |d| d.fd.as_fd())
+    }
+
+    /// Whether `dir` (opened by [`Tree::open_dirs`]) is on one of our tmpfs mounts.
+    fn dir_is_ours(&self, dir: &Path) -> bool {
+        match self.dirs.get(dir) {
+            Some(d) => d.ours,
+            // The root tmpfs, which `fd` falls back to.
+            None => dir == Path::new("/"),
+        }
+    }
+
+    /// Whether `path` certainly does not exist yet: its directory was made by this build and
+    /// this build did not make `path` in it.
+    fn surely_absent(&self, parent: &Path, path: &Path) -> bool {
+        let fresh = match self.dirs.get(parent) {
+            Some(d) => d.fresh,
+            None => parent == Path::new("/"),
+        };
+        fresh && !self.made.contains(path)
     }
 
     /// Opens (creating on our tmpfs when missing) every directory of `dir`; [`Tree::fd`] then
@@ -173,54 +204,97 @@ impl Tree {
             };
             let path = prefix.join(name);
             if !self.dirs.contains_key(&path) {
-                let fd = open_or_create(self, self.fd(&prefix), name, true, 0o755)
+                let opened = open_or_create(self, &prefix, name, true, 0o755)
                     .map_err(|e| fail(step(), &e))?;
-                self.dirs.insert(path.clone(), fd);
+                self.dirs.insert(path.clone(), opened);
             }
             prefix = path;
         }
         Ok(())
     }
 
-    /// A mount now covers `target`: cached descriptors at or below it refer to what it hides.
+    /// A mount now covers `target`: cached descriptors at or below it refer to what it hides,
+    /// and what this build made below it is hidden too.
     fn covered(&mut self, target: &Path) {
         self.dirs.retain(|path, _| !path.starts_with(target));
+        self.made
+            .retain(|path| path == target || !path.starts_with(target));
     }
 }
 
-/// Opens `name` in `parent` as an `O_PATH` fd, creating it (directory or empty file) first when
-/// it is missing and `parent` is one of our tmpfs mounts.
+/// Opens `name` in the directory `parent_path` as a [`Dir`]-like descriptor (`O_PATH` when it
+/// existed; a new file is opened for writing, which serves as well as a mount point), creating
+/// it (directory or empty file) when it is missing and `parent_path` is on one of our tmpfs
+/// mounts. In a directory this build made, a name it did not make is created straight away
+/// (`O_EXCL`/`mkdirat` still refuse anything that exists), without looking it up first.
 fn open_or_create(
-    tree: &Tree,
-    parent: BorrowedFd<'_>,
+    tree: &mut Tree,
+    parent_path: &Path,
     name: &OsStr,
     dir: bool,
     mode: u32,
-) -> io::Result<OwnedFd> {
+) -> io::Result<Dir> {
+    let path = parent_path.join(name);
+    let parent_ours = tree.dir_is_ours(parent_path);
     let flags = if dir {
         OFlag::O_PATH | OFlag::O_DIRECTORY
     } else {
         OFlag::O_PATH | OFlag::O_NOFOLLOW
     };
+    if parent_ours && tree.surely_absent(parent_path, &path) {
+        match create(tree.fd(parent_path), name, dir, mode) {
+            Ok(fd) => {
+                tree.made.insert(path);
+                return Ok(Dir {
+                    fd,
+                    ours: true,
+                    fresh: true,
+                });
+            }
+            // Not what the bookkeeping expected: fall back to looking it up.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let parent = tree.fd(parent_path);
     match openat2(parent, name, how(flags)) {
-        Ok(fd) => Ok(fd),
+        Ok(fd) => {
+            let ours = tree.is_ours(fd.as_fd());
+            Ok(Dir {
+                fd,
+                ours,
+                fresh: false,
+            })
+        }
         Err(nix::errno::Errno::ENOENT) => {
-            if !tree.is_ours(parent) {
+            if !parent_ours {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     "missing inside a bind of a host directory (it is never created there)",
                 ));
             }
-            if dir {
-                mkdirat(parent, name, Mode::from_bits_truncate(mode)).map_err(errno)?;
-            } else {
-                let how = how(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW)
-                    .mode(Mode::from_bits_truncate(mode));
-                drop(openat2(parent, name, how).map_err(errno)?);
-            }
-            openat2(parent, name, self::how(flags)).map_err(errno)
+            let fd = create(parent, name, dir, mode)?;
+            tree.made.insert(path);
+            Ok(Dir {
+                fd,
+                ours: true,
+                fresh: true,
+            })
         }
         Err(e) => Err(errno(e)),
+    }
+}
+
+/// Creates `name` in `parent` (which must not have it yet) and opens it: a directory as
+/// `O_PATH`, a file as the descriptor that created it.
+fn create(parent: BorrowedFd<'_>, name: &OsStr, dir: bool, mode: u32) -> io::Result<OwnedFd> {
+    if dir {
+        mkdirat(parent, name, Mode::from_bits_truncate(mode)).map_err(errno)?;
+        openat2(parent, name, how(OFlag::O_PATH | OFlag::O_DIRECTORY)).map_err(errno)
+    } else {
+        let how = how(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW)
+            .mode(Mode::from_bits_truncate(mode));
+        openat2(parent, name, how).map_err(errno)
     }
 }
 
@@ -240,15 +314,15 @@ fn parent_on_our_tmpfs<'t, 'p>(
 ) -> Result<(BorrowedFd<'t>, &'p OsStr), SetupFailure> {
     let (parent_path, name) = split(path);
     tree.open_dirs(parent_path)?;
-    let parent = tree.fd(parent_path);
-    if !tree.is_ours(parent) {
+    if !tree.dir_is_ours(parent_path) {
         return Err(SetupFailure::reason(
             Layer::Filesystem,
             step,
             "its directory is a bind of a host directory",
         ));
     }
-    Ok((parent, name))
+    tree.made.insert(path.to_path_buf());
+    Ok((tree.fd(parent_path), name))
 }
 
 fn proc_fd_path(fd: &OwnedFd) -> String {
@@ -320,15 +394,15 @@ fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
         let (parent_path, name) = split(target);
         let is_dir = prepared.as_ref().is_none_or(|d| d.is_dir);
         tree.open_dirs(parent_path)?;
-        let parent = tree.fd(parent_path);
         let point = open_or_create(
-            &tree,
-            parent,
+            &mut tree,
+            parent_path,
             name,
             is_dir,
             if is_dir { 0o755 } else { 0o644 },
         )
-        .map_err(|e| fail(step("mount point"), &e))?;
+        .map_err(|e| fail(step("mount point"), &e))?
+        .fd;
         match (&entry.kind, prepared) {
             (MountKind::Bind { .. }, Some(d)) => {
                 sys::move_mount(d.mount.as_fd(), point.as_fd())
@@ -355,6 +429,7 @@ fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
                     Some(options.as_str()),
                 )
                 .map_err(|e| fail(step("tmpfs"), &errno(e)))?;
+                tree.covered(target);
                 let mounted = openat2(
                     tree.fd(parent_path),
                     name,
@@ -363,8 +438,19 @@ fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
                 .map_err(|e| fail(step("open tmpfs"), &errno(e)))?;
                 tree.mark_ours(&mounted);
                 if !writable {
-                    seal_later.push((target.clone(), mounted));
+                    let sealed = mounted
+                        .try_clone()
+                        .map_err(|e| fail(step("open tmpfs"), &e))?;
+                    seal_later.push((target.clone(), sealed));
                 }
+                // Empty and ours: what is made in it needs no lookups.
+                let dir = Dir {
+                    fd: mounted,
+                    ours: true,
+                    fresh: true,
+                };
+                tree.dirs.insert(target.clone(), dir);
+                continue;
             }
             (MountKind::Proc, _) => {
                 let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

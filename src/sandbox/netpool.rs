@@ -2,7 +2,7 @@
 //! background thread so a root supervisor (aipd) does not pay the network namespace creation
 //! (about a millisecond on the build VM, the most expensive single step of a spawn) while a
 //! client waits. Each namespace is handed to exactly one sandbox and never reused; the sandbox's
-//! first setup process joins it with `setns` instead of unsharing a new one.
+//! reaper joins it with `setns` instead of unsharing a new one.
 //!
 //! Only for a root supervisor: an unprivileged sandbox's network namespace must belong to its own
 //! user namespace, which does not exist before the spawn. Off unless [`enable`] is called (a
@@ -59,18 +59,29 @@ pub fn enable(size: usize) -> bool {
     true
 }
 
-/// A fresh namespace from the pool, if one is ready.
+/// A fresh namespace from the pool, if one is ready. The pool is refilled only on [`refill`]:
+/// creating a namespace is about a millisecond of CPU, which on a small machine would compete
+/// with the very spawn that took one.
 pub fn take() -> Option<OwnedFd> {
-    let pool = POOL.get()?;
-    let fd = pool.ready.lock().ok()?.pop();
-    pool.wanted.notify_one();
-    fd
+    POOL.get()?.ready.lock().ok()?.pop()
+}
+
+/// Lets the filler replace what was taken; called once a spawn is over.
+pub fn refill() {
+    if let Some(pool) = POOL.get() {
+        pool.wanted.notify_one();
+    }
 }
 
 /// The filler: creates namespaces on its own thread (a thread's network namespace is its own)
 /// and returns to `home` after each one.
 fn fill(home: OwnedFd) {
     let Some(pool) = POOL.get() else { return };
+    // Creating a namespace is CPU work in this thread's context: at the lowest priority it
+    // yields to a spawn (or anything else). Not SCHED_IDLE: starved under load while holding
+    // rtnl_lock, it would stall every network configuration. Should the pool run dry, spawns
+    // create their own.
+    let _ = sys::lowest_priority();
     loop {
         {
             let Ok(mut ready) = pool.ready.lock() else {

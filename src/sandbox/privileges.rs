@@ -72,17 +72,26 @@ pub fn drop_all(switch: Option<(u32, u32)>) -> Result<Outcome, SetupFailure> {
     })
 }
 
-/// The reaper keeps only `CAP_KILL` (to signal the server's processes whatever their uid) and is
-/// made non-dumpable, so nothing in the sandbox can read its memory through `/proc`.
-pub fn reduce_to_kill() -> Result<(), SetupFailure> {
-    let keep: caps::CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
+/// The reaper's first reduction, before it starts the server (which inherits it and drops the
+/// same anyway): non-dumpable, bounding, ambient and inheritable sets emptied, `no_new_privs`.
+/// Only the effective and permitted sets, which the server still needs for its own steps, are
+/// left for [`reduce_to_kill`]; the server's `execve` waits for nothing else in the reaper.
+pub fn prepare_reaper() -> Result<(), SetupFailure> {
     nix::sys::prctl::set_dumpable(false).map_err(|e| fail("reaper dumpable", e))?;
     sys::clear_bounding_set(last_cap()).map_err(|e| fail("reaper bounding set", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("reaper ambient set", e))?;
     caps::clear(None, CapSet::Inheritable).map_err(|e| fail("reaper inheritable set", e))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| fail("reaper no_new_privs", e))?;
+    Ok(())
+}
+
+/// After [`prepare_reaper`], once the server runs: the reaper keeps only `CAP_KILL` (to signal
+/// the server's processes whatever their uid); with `prepare_reaper` it is non-dumpable, so
+/// nothing in the sandbox can read its memory through `/proc`.
+pub fn reduce_to_kill() -> Result<(), SetupFailure> {
+    let keep: caps::CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
     caps::set(None, CapSet::Effective, &keep).map_err(|e| fail("reaper effective set", e))?;
     caps::set(None, CapSet::Permitted, &keep).map_err(|e| fail("reaper permitted set", e))?;
-    nix::sys::prctl::set_no_new_privs().map_err(|e| fail("reaper no_new_privs", e))?;
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 //!   End-of-file means every writer is gone: either the server exec'd (success) or the setup
 //!   processes died. Bounded to [`MAX_REPORT`] bytes.
 //! * The control socket (`SOCK_SEQPACKET`): the first setup process sends the reaper's pid and
-//!   the egress listener fds (`SCM_RIGHTS`); the reaper checks the supervisor's end is still
+//!   the egress listener fds (`SCM_RIGHTS`), or, forked directly (root), the reaper sends the
+//!   fds (the supervisor ignores the pid then: it has it from `fork`); the reaper checks the supervisor's end is still
 //!   open once its parent-death signal is armed ([`peer_alive`]), and sends the server's exit
 //!   status over it before it exits.
 
@@ -77,22 +78,30 @@ pub fn send_frame(fd: BorrowedFd<'_>, frame: &Frame) {
 }
 
 /// Reads frames until end-of-file or the deadline. Returns `Err(TimedOut)` on the deadline.
+///
+/// Waits for the hang-up (every writer gone: the server exec'd or the setup died) before reading
+/// anything, instead of waking up for each frame: a setup sends seven, and each wake-up is a
+/// context switch competing with the setup for the CPU. The frames fit in the pipe many times
+/// over (a few hundred bytes against its 64 KiB), so no writer ever blocks on a full pipe.
 pub fn read_frames(mut pipe: std::fs::File, deadline: Instant) -> io::Result<Vec<Frame>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        // No event requested: poll reports only POLLHUP/POLLERR, which writes do not raise.
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::empty())];
         let ms = u16::try_from(left.as_millis().min(u128::from(u16::MAX))).unwrap_or(u16::MAX);
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(0) => continue,
-            Ok(_) => {}
+            Ok(_) => break,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
         match pipe.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {

@@ -30,7 +30,7 @@ pub const FORWARDED: [Signal; 9] = [
     Signal::SIGWINCH,
 ];
 
-/// The set blocked from the first setup process on (so none is lost before the signalfd exists)
+/// The set blocked from the first setup step on (so none is lost before the signalfd exists)
 /// and unblocked by the server right before `execve`.
 pub fn blocked_set() -> SigSet {
     let mut set = SigSet::empty();

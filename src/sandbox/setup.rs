@@ -1,19 +1,22 @@
 //! The code that runs inside the sandbox's setup processes, between `fork` and the server's
-//! `execve`. Three processes, in order (the numbered list in `sandbox/mod.rs` is the contract):
+//! `execve` (the numbered list in `sandbox/mod.rs` is the contract):
 //!
-//! * `first` (forked by the supervisor's spawner thread): parent-death signal, close every
-//!   inherited fd, enter the cgroup, user namespace (unprivileged only), unshare the other
-//!   namespaces, host name, network; then clone the reaper as a sibling (`CLONE_PARENT`), hand
-//!   its pid and the listener fds to the supervisor, and exit.
-//! * `reaper` (pid 1 of the new pid namespace, child of the supervisor): arms its
-//!   parent-death signal and checks the supervisor is still there, builds the root file system and pivots into it, forks the server, drops
-//!   to `CAP_KILL` and becomes the reaper loop.
+//! * `init` (root supervisors: forked by the spawner thread straight into the new pid
+//!   namespace, whose pid 1 it is) or `first` (unprivileged: forked by the spawner thread; it
+//!   creates the user namespace, then clones the reaper as a sibling with `CLONE_PARENT`, hands
+//!   its pid over and exits). Both run `isolate`: close every inherited fd, enter the cgroup,
+//!   unshare the namespaces, host name, network; the listener fds go to the supervisor.
+//! * `reaper` (pid 1 of the new pid namespace, child of the supervisor): arms its parent-death
+//!   signal and checks the supervisor is still there, builds the root file system and pivots
+//!   into it, sheds what it can of its privileges, starts the server sharing its memory until
+//!   the server's `execve`, drops to `CAP_KILL` and becomes the reaper loop.
 //! * `server`: new session, stdio, fds, cwd, rlimits, Landlock ruleset, privileges,
 //!   Landlock enforcement, seccomp, signal mask, `execve`.
 //!
 //! Every failure is reported as a [`SetupFailure`] frame on the close-on-exec report pipe before
 //! the process exits. Constraints (we are a fork of a multi-threaded process): no logging, no
-//! stdio, no `std::env`, no locks another thread may hold; allocation is fine (glibc fork).
+//! stdio, no `std::env`, no locks another thread may hold; allocation is fine (glibc fork; the
+//! server allocates in the reaper's heap, which is suspended meanwhile).
 
 use std::ffi::CString;
 use std::io;
@@ -71,7 +74,7 @@ fn die_with(parent: Pid) -> io::Result<()> {
     Ok(())
 }
 
-/// Entry of the first setup process. Never returns.
+/// Entry of the first setup process (unprivileged supervisors). Never returns.
 pub fn first(prepared: &Prepared, channels: Channels) -> ! {
     // Our own copy: `channels` moves into the reaper below.
     let Ok(report_fd) = channels.report.try_clone() else {
@@ -81,59 +84,7 @@ pub fn first(prepared: &Prepared, channels: Channels) -> ! {
     let result = (|| -> Result<(), SetupFailure> {
         let lifecycle = |step: &str, e: io::Error| SetupFailure::new(Layer::Lifecycle, step, &e);
         die_with(prepared.supervisor).map_err(|e| lifecycle("parent-death signal", e))?;
-        sys::reset_signal_dispositions();
-        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&reaper::blocked_set()), None)
-            .map_err(|e| lifecycle("block signals", e.into()))?;
-        let mut keep: Vec<RawFd> = channels.stdio.iter().map(|f| f.as_raw_fd()).collect();
-        keep.extend([
-            channels.report.as_raw_fd(),
-            report_fd.as_raw_fd(),
-            channels.ctl.as_raw_fd(),
-        ]);
-        if let Some(procs) = &prepared.cgroup_procs {
-            keep.push(procs.as_raw_fd());
-        }
-        if let Some(netns) = &prepared.netns {
-            keep.push(netns.as_raw_fd());
-        }
-        close_all_except(&keep).map_err(|e| lifecycle("close inherited fds", e))?;
-
-        if let Some(procs) = &prepared.cgroup_procs {
-            nix::unistd::write(procs, b"0")
-                .map_err(|e| SetupFailure::new(Layer::Resources, "enter cgroup", &e.into()))?;
-        }
-        let ns = |step: &str, e: io::Error| SetupFailure::new(Layer::Namespaces, step, &e);
-        if let Some((uid, gid)) = prepared.userns {
-            namespaces::enter_user_namespace(uid, gid)
-                .map_err(|e| ns("user namespace", e).hint(namespaces::USERNS_HINT))?;
-        }
-        let flags = namespaces::flags(&prepared.spec.net);
-        let mut unshared = flags;
-        if let Some(netns) = &prepared.netns {
-            // A fresh namespace made ahead of time by the pool (root only).
-            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| ns("join pre-created network namespace", e.into()))?;
-            unshared.remove(nix::sched::CloneFlags::CLONE_NEWNET);
-        }
-        nix::sched::unshare(unshared).map_err(|e| ns("unshare", e.into()))?;
-        nix::unistd::sethostname(&prepared.spec.hostname)
-            .map_err(|e| ns("sethostname", e.into()))?;
-        protocol::send_frame(
-            report,
-            &Frame::Namespaces {
-                user_namespace: prepared.userns.is_some(),
-                created: namespaces::names(flags, prepared.userns.is_some()),
-            },
-        );
-
-        let listeners = network(&prepared.spec.net, prepared.netns.is_some())?;
-        protocol::send_frame(
-            report,
-            &Frame::Network {
-                listeners: listeners.len(),
-            },
-        );
-
+        let listeners = isolate(prepared, &channels, report_fd.as_raw_fd(), true)?;
         match sys::clone_parent().map_err(|e| lifecycle("clone reaper", e))? {
             Forked::Child => reaper_process(prepared, channels),
             Forked::Parent(pid) => {
@@ -149,12 +100,99 @@ pub fn first(prepared: &Prepared, channels: Channels) -> ! {
     }
 }
 
+/// Entry of the reaper when the supervisor forked it straight into the new pid namespace (root
+/// supervisors): the first process's steps, then the reaper's. Never returns.
+pub fn init(prepared: &Prepared, channels: Channels) -> ! {
+    arm_parent_death(&channels);
+    let report = channels.report.as_fd();
+    let handed_over =
+        isolate(prepared, &channels, channels.report.as_raw_fd(), false).and_then(|listeners| {
+            // The supervisor has our pid from `fork`; only the listeners travel.
+            protocol::send_pid(channels.ctl.as_fd(), nix::unistd::getpid(), &listeners)
+                .map_err(|e| SetupFailure::new(Layer::Lifecycle, "hand over listeners", &e))
+        });
+    if let Err(failure) = handed_over {
+        report_failure(report, failure);
+    }
+    build_and_serve(prepared, channels)
+}
+
+/// The steps before the reaper exists: signals, descriptors, cgroup, namespaces (the pid
+/// namespace too when `pid_namespace`: the caller then clones its pid 1), host name, network.
+/// Returns the egress listeners. `report_copy` is kept open along with `channels`.
+fn isolate(
+    prepared: &Prepared,
+    channels: &Channels,
+    report_copy: RawFd,
+    pid_namespace: bool,
+) -> Result<Vec<OwnedFd>, SetupFailure> {
+    let report = channels.report.as_fd();
+    let lifecycle = |step: &str, e: io::Error| SetupFailure::new(Layer::Lifecycle, step, &e);
+    sys::reset_signal_dispositions();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&reaper::blocked_set()), None)
+        .map_err(|e| lifecycle("block signals", e.into()))?;
+    let mut keep: Vec<RawFd> = channels.stdio.iter().map(|f| f.as_raw_fd()).collect();
+    keep.extend([
+        channels.report.as_raw_fd(),
+        report_copy,
+        channels.ctl.as_raw_fd(),
+    ]);
+    if let Some(procs) = &prepared.cgroup_procs {
+        keep.push(procs.as_raw_fd());
+    }
+    if let Some(netns) = &prepared.netns {
+        keep.push(netns.as_raw_fd());
+    }
+    close_all_except(&keep).map_err(|e| lifecycle("close inherited fds", e))?;
+
+    if let Some(procs) = &prepared.cgroup_procs {
+        nix::unistd::write(procs, b"0")
+            .map_err(|e| SetupFailure::new(Layer::Resources, "enter cgroup", &e.into()))?;
+    }
+    let ns = |step: &str, e: io::Error| SetupFailure::new(Layer::Namespaces, step, &e);
+    if let Some((uid, gid)) = prepared.userns {
+        namespaces::enter_user_namespace(uid, gid)
+            .map_err(|e| ns("user namespace", e).hint(namespaces::USERNS_HINT))?;
+    }
+    let flags = namespaces::flags(&prepared.spec.net);
+    let mut unshared = flags;
+    if !pid_namespace {
+        unshared.remove(nix::sched::CloneFlags::CLONE_NEWPID);
+    }
+    if let Some(netns) = &prepared.netns {
+        // A fresh namespace made ahead of time by the pool (root only).
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| ns("join pre-created network namespace", e.into()))?;
+        unshared.remove(nix::sched::CloneFlags::CLONE_NEWNET);
+    }
+    nix::sched::unshare(unshared).map_err(|e| ns("unshare", e.into()))?;
+    nix::unistd::sethostname(&prepared.spec.hostname).map_err(|e| ns("sethostname", e.into()))?;
+    protocol::send_frame(
+        report,
+        &Frame::Namespaces {
+            user_namespace: prepared.userns.is_some(),
+            created: namespaces::names(flags, prepared.userns.is_some()),
+        },
+    );
+
+    let listeners = network(&prepared.spec.net, prepared.netns.is_some())?;
+    protocol::send_frame(
+        report,
+        &Frame::Network {
+            listeners: listeners.len(),
+        },
+    );
+    Ok(listeners)
+}
+
 /// Sets up the network namespace (the egress helper's `net` module owns the details).
 /// `pooled`: the namespace came from the pool, with `lo` already up.
 fn network(mode: &NetMode, pooled: bool) -> Result<Vec<OwnedFd>, SetupFailure> {
     let fail = |e: io::Error| SetupFailure::new(Layer::Network, "network namespace setup", &e);
     match mode {
         NetMode::Host => Ok(Vec::new()),
+        // Bringing `lo` up is all "none" needs, and the pool did it already.
+        NetMode::None if pooled => Ok(Vec::new()),
         NetMode::None => match super::net::setup_in_netns(mode) {
             Ok(fds) => Ok(fds),
             // Until `net` implements it, bringing `lo` up is all "none" needs.
@@ -168,27 +206,46 @@ fn network(mode: &NetMode, pooled: bool) -> Result<Vec<OwnedFd>, SetupFailure> {
     }
 }
 
-/// The reaper process (pid 1 of the sandbox's pid namespace). Never returns.
+/// The reaper process cloned by the first setup process (pid 1 of the sandbox's pid
+/// namespace). Never returns.
 fn reaper_process(prepared: &Prepared, channels: Channels) -> ! {
-    let report = channels.report.as_fd();
-    // Our parent is now the supervisor's spawner thread (CLONE_PARENT). Arm the parent-death
-    // signal, then make sure the supervisor did not die before it was armed.
+    arm_parent_death(&channels);
+    build_and_serve(prepared, channels)
+}
+
+/// Our parent is the supervisor's spawner thread (forked by it, or cloned with CLONE_PARENT).
+/// Arms the parent-death signal, then makes sure the supervisor did not die before it was armed
+/// (its end of the control socket is still open; `getppid` says 0 across a pid namespace).
+fn arm_parent_death(channels: &Channels) {
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
         || !protocol::peer_alive(channels.ctl.as_fd())
     {
         sys::exit_now(125);
     }
+}
+
+/// The reaper's work: the root file system, the server, then the reaper loop. Never returns.
+fn build_and_serve(prepared: &Prepared, channels: Channels) -> ! {
+    let report = channels.report.as_fd();
     let mounts = match super::mounts::build_root(&prepared.spec) {
         Ok(n) => n,
         Err(failure) => report_failure(report, failure),
     };
     protocol::send_frame(report, &Frame::Filesystem { mounts });
-    let server = match sys::fork() {
-        Ok(Forked::Child) => server_process(prepared, channels),
-        Ok(Forked::Parent(pid)) => pid,
+    // Most of the reaper's own reduction happens before the server exists: the server inherits
+    // it (and drops the same itself, finding nothing left: its bounding set is already empty),
+    // and the supervisor, which waits for the reaper's report too, is not kept waiting after the
+    // server's exec.
+    if let Err(failure) = privileges::prepare_reaper() {
+        report_failure(report, failure);
+    }
+    // The server shares our memory until it execs (we are suspended meanwhile): no page table
+    // copy, and its exec has no copy of this process to tear down.
+    let server = match sys::spawn_sharing_memory(|| server_process(prepared, &channels)) {
+        Ok(pid) => pid,
         Err(e) => report_failure(
             report,
-            SetupFailure::new(Layer::Lifecycle, "fork server", &e),
+            SetupFailure::new(Layer::Lifecycle, "start server", &e),
         ),
     };
     let Channels { stdio, report, ctl } = channels;
@@ -206,12 +263,12 @@ fn reaper_process(prepared: &Prepared, channels: Channels) -> ! {
     reaper::run(server, ctl)
 }
 
-/// The server process: last steps, then `execve`. Never returns.
-fn server_process(prepared: &Prepared, channels: Channels) -> ! {
-    let Channels { stdio, report, ctl } = channels;
-    drop(ctl);
-    let report = report.as_fd();
-    match server_steps(prepared, stdio, report) {
+/// The server process: last steps, then `execve`. Never returns. It shares the reaper's memory
+/// until `execve`, so it only borrows the reaper's values; the descriptors it does not install
+/// (the control socket among them) are close-on-exec.
+fn server_process(prepared: &Prepared, channels: &Channels) -> ! {
+    let report = channels.report.as_fd();
+    match server_steps(prepared, &channels.stdio, report) {
         Ok(()) => {}
         Err(failure) => report_failure(report, failure),
     }
@@ -221,7 +278,7 @@ fn server_process(prepared: &Prepared, channels: Channels) -> ! {
 
 fn server_steps(
     prepared: &Prepared,
-    stdio: [OwnedFd; 3],
+    stdio: &[OwnedFd; 3],
     report: BorrowedFd<'_>,
 ) -> Result<(), SetupFailure> {
     let spec = &prepared.spec;
@@ -301,9 +358,10 @@ fn exec(prepared: &Prepared) -> io::Error {
     }
 }
 
-/// Makes the three fds the server's 0, 1 and 2, whatever numbers they had.
-fn install_stdio(stdio: [OwnedFd; 3]) -> io::Result<()> {
-    // First move them above 2 so installing one cannot clobber another.
+/// Makes the three fds the server's 0, 1 and 2, whatever numbers they had (the originals are
+/// left to close-on-exec).
+fn install_stdio(stdio: &[OwnedFd; 3]) -> io::Result<()> {
+    // First copy them above 2 so installing one cannot clobber another.
     let high: Vec<OwnedFd> = stdio
         .iter()
         .map(|fd| {
@@ -311,7 +369,6 @@ fn install_stdio(stdio: [OwnedFd; 3]) -> io::Result<()> {
                 .map(sys::own_fd_from_kernel)
         })
         .collect::<Result<_, _>>()?;
-    drop(stdio);
     nix::unistd::dup2_stdin(&high[0])?;
     nix::unistd::dup2_stdout(&high[1])?;
     nix::unistd::dup2_stderr(&high[2])?;
@@ -356,7 +413,8 @@ pub fn plain(prepared: &Prepared, channels: Channels) -> ! {
         )
         .map_err(|e| life("unblock signals", e.into()))?;
         nix::unistd::setsid().map_err(|e| life("setsid", e.into()))?;
-        install_stdio(stdio).map_err(|e| life("stdio", e))?;
+        install_stdio(&stdio).map_err(|e| life("stdio", e))?;
+        drop(stdio);
         sys::cloexec_from(3).map_err(|e| life("close-on-exec fds", e))?;
         nix::unistd::chdir(&prepared.spec.cwd)
             .map_err(|e| SetupFailure::new(Layer::Filesystem, "chdir", &e.into()))?;

@@ -1,7 +1,7 @@
 //! The supervisor's side of one spawn: creates the report pipe and the control socket, forks the
-//! first setup process, receives the reaper's pid and the listener fds, reads the
-//! layers' reports until the server has exec'd or a step failed, and builds the
-//! [`SandboxChild`] and its [`LayerReport`].
+//! reaper into its pid namespace (root) or the first setup process (which clones it and sends
+//! its pid), receives the listener fds, reads the layers' reports until the server has exec'd or
+//! a step failed, and builds the [`SandboxChild`] and its [`LayerReport`].
 //!
 //! All forks happen on one long-lived spawner thread: `PR_SET_PDEATHSIG` fires when the
 //! *thread* that forked exits, so forking from short-lived threads (tokio's blocking pool) would
@@ -32,28 +32,55 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Job = Box<dyn FnOnce() + Send>;
 
-fn spawner() -> Result<&'static Mutex<Sender<Job>>, SandboxError> {
-    static SPAWNER: OnceLock<Result<Mutex<Sender<Job>>, String>> = OnceLock::new();
-    SPAWNER
-        .get_or_init(|| {
-            let (tx, rx) = channel::<Job>();
-            std::thread::Builder::new()
-                .name("aip-sandbox-spawner".into())
-                .spawn(move || {
-                    // Runs for the life of the process: its exit would fire the sandboxes'
-                    // parent-death signals.
-                    for job in rx {
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    }
-                })
-                .map(|_| Mutex::new(tx))
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| SandboxError::Supervisor {
-            step: "start spawner thread".into(),
-            source: std::io::Error::other(e.clone()),
-        })
+/// Which long-lived thread forks: sandboxes, or disabled (`--no-sandbox`) spawns.
+#[derive(Clone, Copy)]
+enum Spawner {
+    Sandbox,
+    Plain,
+}
+
+fn spawner(kind: Spawner) -> Result<&'static Mutex<Sender<Job>>, SandboxError> {
+    static SANDBOX: OnceLock<Result<Mutex<Sender<Job>>, String>> = OnceLock::new();
+    static PLAIN: OnceLock<Result<Mutex<Sender<Job>>, String>> = OnceLock::new();
+    let (cell, name) = match kind {
+        Spawner::Sandbox => (&SANDBOX, "aip-sandbox-spawner"),
+        Spawner::Plain => (&PLAIN, "aip-plain-spawner"),
+    };
+    cell.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if matches!(kind, Spawner::Sandbox) {
+                    empty_bounding_set();
+                }
+                // Runs for the life of the process: its exit would fire the sandboxes'
+                // parent-death signals.
+                for job in rx {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map(|_| Mutex::new(tx))
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| SandboxError::Supervisor {
+        step: "start spawner thread".into(),
+        source: std::io::Error::other(e.clone()),
+    })
+}
+
+/// Empties the sandbox spawner thread's capability bounding set (credentials are per thread),
+/// once: every process it forks inherits the empty set, so the reaper and the server, which
+/// still clear and verify theirs, find nothing left to drop (each drop is a credential commit).
+/// The set only limits what an `execve` can gain; this thread never execs, and only forks
+/// sandboxes, whose bounding sets are emptied anyway. Disabled sandboxes fork on another thread
+/// so they keep the supervisor's. Unprivileged supervisors cannot drop (no `CAP_SETPCAP`), and
+/// their sandboxes' user namespaces start with a full set anyway.
+fn empty_bounding_set() {
+    if nix::unistd::geteuid().is_root() {
+        let _ = sys::clear_bounding_set(super::privileges::last_cap());
+    }
 }
 
 /// Runs `launch` on the spawner thread and waits for its result.
@@ -61,18 +88,31 @@ pub fn on_spawner_thread(
     prepared: Prepared,
     stdio: [OwnedFd; 3],
 ) -> Result<SandboxChild, SandboxError> {
-    run_on_spawner(move || launch(prepared, stdio))?
+    let kind = if prepared.spec.enabled {
+        Spawner::Sandbox
+    } else {
+        Spawner::Plain
+    };
+    run_on(kind, move || launch(prepared, stdio))?
 }
 
-/// Runs `f` on the spawner thread (the only thread that forks) and returns its result.
+/// Runs `f` on the sandbox spawner thread (the only thread that forks sandboxes) and returns its
+/// result.
 pub fn run_on_spawner<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SandboxError> {
+    run_on(Spawner::Sandbox, f)
+}
+
+fn run_on<T: Send + 'static>(
+    kind: Spawner,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, SandboxError> {
     let (tx, rx) = sync_channel(1);
     let job: Job = Box::new(move || {
         let _ = tx.send(f());
     });
-    spawner()?
+    spawner(kind)?
         .lock()
         .map_err(|_| SandboxError::Supervisor {
             step: "spawner lock".into(),
@@ -92,6 +132,12 @@ pub(super) fn launch(
     prepared: Prepared,
     stdio: [OwnedFd; 3],
 ) -> Result<SandboxChild, SandboxError> {
+    let launched = supervise(prepared, stdio);
+    super::netpool::refill();
+    launched
+}
+
+fn supervise(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
     let (report_r, report_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::supervisor("report pipe")(e.into()))?;
     let (ctl, ctl_child) = socketpair(
@@ -107,14 +153,19 @@ pub(super) fn launch(
         report: report_w,
         ctl: ctl_child,
     };
-    let first = match sys::fork().map_err(SandboxError::supervisor("fork"))? {
-        Forked::Child => {
-            if prepared.spec.enabled {
-                setup::first(&prepared, channels)
-            } else {
-                setup::plain(&prepared, channels)
-            }
-        }
+    // As root the reaper is forked straight into its pid namespace. An unprivileged pid
+    // namespace must belong to a user namespace, which only a single-threaded process can
+    // create: a first setup process makes both and clones the reaper.
+    let direct = prepared.spec.enabled && prepared.userns.is_none();
+    let forked = if direct {
+        sys::fork_into_new_pid_namespace()
+    } else {
+        sys::fork()
+    };
+    let first = match forked.map_err(SandboxError::supervisor("fork"))? {
+        Forked::Child if !prepared.spec.enabled => setup::plain(&prepared, channels),
+        Forked::Child if direct => setup::init(&prepared, channels),
+        Forked::Child => setup::first(&prepared, channels),
         Forked::Parent(pid) => pid,
     };
     drop(channels);
@@ -149,9 +200,11 @@ pub(super) fn launch(
         deadline.saturating_duration_since(Instant::now()),
     );
     // The first setup process exits right after the handoff (or after reporting a failure); it
-    // is reaped once the reaper runs, off the critical path.
+    // is reaped once the reaper runs, off the critical path. Forked directly, it is the reaper.
     let reap_first = || {
-        let _ = waitpid(first, None);
+        if !direct {
+            let _ = waitpid(first, None);
+        }
     };
     let cleanup = |prepared: &Prepared| {
         if let Some(cg) = &prepared.cgroup {
@@ -159,9 +212,12 @@ pub(super) fn launch(
         }
     };
     let (reaper, listeners) = match handoff {
+        Ok(Some((_, listeners))) if direct => (first, listeners),
         Ok(Some(handoff)) => handoff,
         Ok(None) | Err(_) => {
-            reap_first();
+            // Exited after reporting, or stuck past the deadline: either way it is ended here.
+            let _ = nix::sys::signal::kill(first, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(first, None);
             let frames = protocol::read_frames(report_r, deadline);
             cleanup(&prepared);
             return Err(match outcome(frames) {

@@ -30,6 +30,9 @@ pub enum Forked {
 /// Async-signal-safe: no (it runs atfork handlers), which is why only the dedicated spawner
 /// thread calls it. Errors: `EAGAIN` (pid or rlimit exhausted), `ENOMEM`.
 pub fn fork() -> io::Result<Forked> {
+    if PID_NAMESPACE_LOST.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(namespace_lost());
+    }
     // SAFETY: the child side only runs code that avoids locks held by other threads of the parent
     // (documented at the module level and in `sandbox::child`); glibc's fork makes malloc safe.
     match unsafe { nix::unistd::fork() } {
@@ -37,6 +40,45 @@ pub fn fork() -> io::Result<Forked> {
         Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
         Err(errno) => Err(errno.into()),
     }
+}
+
+/// Set when the spawner thread's pid namespace for children could not be put back: no fork may
+/// happen from this process afterwards (see [`fork_into_new_pid_namespace`]).
+static PID_NAMESPACE_LOST: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// [`fork`] straight into a new pid namespace, whose pid 1 the child is: `unshare(CLONE_NEWPID)`
+/// makes the calling thread's next child the first process of a new namespace, and right after
+/// the fork the thread's setting is put back (`setns` to our own namespace through a pidfd of our
+/// process), so other forks stay ordinary. Saves the intermediate process an `unshare` in a
+/// child would need. Scope: the calling thread's namespace for new children, restored before
+/// returning. Needs `CAP_SYS_ADMIN`. Should restoring fail, a later fork would land in this
+/// sandbox's pid namespace: every fork of this process is refused from then on. Errors: as
+/// [`fork`], `EPERM`, `ENOSPC` (`user.max_pid_namespaces`), `ENOSYS` before Linux 5.8.
+pub fn fork_into_new_pid_namespace() -> io::Result<Forked> {
+    use nix::sched::{CloneFlags, setns, unshare};
+    let own = pidfd_open(nix::unistd::getpid())?;
+    if PID_NAMESPACE_LOST.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(namespace_lost());
+    }
+    unshare(CloneFlags::CLONE_NEWPID)?;
+    let forked = fork();
+    if matches!(forked, Ok(Forked::Child)) {
+        return forked;
+    }
+    if setns(&own, CloneFlags::CLONE_NEWPID).is_err() {
+        PID_NAMESPACE_LOST.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(Forked::Parent(pid)) = forked {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        return Err(namespace_lost());
+    }
+    forked
+}
+
+fn namespace_lost() -> io::Error {
+    io::Error::other("the spawner thread's pid namespace could not be restored; no more sandboxes")
 }
 
 /// Raw `clone(CLONE_PARENT | SIGCHLD)` without a new stack: fork semantics, but the new process
@@ -60,6 +102,90 @@ pub fn clone_parent() -> io::Result<Forked> {
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(Pid::from_raw(pid as libc::pid_t))),
     }
+}
+
+/// Size of the stack a [`spawn_sharing_memory`] child runs on (reserved, not committed: only the
+/// pages it touches cost anything).
+const SHARED_MEMORY_STACK: usize = 1 << 20;
+
+/// `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)` with a stack of its own (what `posix_spawn` does):
+/// runs `child` in a new process that shares the caller's memory while the caller is suspended,
+/// until the child calls `execve` (it then has its own memory) or exits. Nothing else is shared:
+/// the child has its own copy of the fd table, signal dispositions, credentials and namespaces,
+/// as after `fork`. No page table is copied, and the child's `execve` has no copy to tear down,
+/// which is most of the cost of a fork followed by an exec.
+///
+/// Scope: the caller must be single-threaded (the child runs with the caller's thread state,
+/// including malloc's, which only works because nothing else uses it until the child is done).
+/// `child` must end in `execve` or `_exit`; returning or panicking ends the child with status
+/// 127. What it
+/// captured is consumed by it (its destructors never run, so nothing the caller owns is freed);
+/// its allocations stay in the caller's heap. Returns the child's pid once it has exec'd or
+/// exited. Errors: `EAGAIN`, `ENOMEM` (nothing was run then).
+pub fn spawn_sharing_memory<F: FnOnce()>(child: F) -> io::Result<Pid> {
+    extern "C" fn trampoline<F: FnOnce()>(slot: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `slot` is the `Option<F>` in `spawn_sharing_memory`'s frame, which stays alive
+        // and untouched while the caller is suspended (CLONE_VFORK); only this child takes it.
+        let child = unsafe { &mut *slot.cast::<Option<F>>() }.take();
+        if let Some(child) = child {
+            // Unwinding must not reach clone's frame: there is nothing above it on this stack.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
+        }
+        exit_now(127)
+    }
+
+    // SAFETY: sysconf has no pointer arguments.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks; no memory of ours is
+    // touched.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SHARED_MEMORY_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let unmap = |stack: *mut libc::c_void| {
+        // SAFETY: `stack` is the mapping made above, no longer used by anyone (the child has
+        // exec'd or exited, or was never created).
+        unsafe { libc::munmap(stack, SHARED_MEMORY_STACK) };
+    };
+    // A guard page at the bottom: an overflow faults instead of writing into other memory.
+    // SAFETY: the first page of our own mapping.
+    if unsafe { libc::mprotect(stack, page, libc::PROT_NONE) } == -1 {
+        let err = io::Error::last_os_error();
+        unmap(stack);
+        return Err(err);
+    }
+    // The stack grows down from the (16-byte aligned) end of the mapping.
+    let top = stack.wrapping_byte_add(SHARED_MEMORY_STACK);
+    let mut slot = Some(child);
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: `trampoline::<F>` matches the expected signature and never returns into clone's
+    // frame; `top` is the end of a mapping of ours that nothing else uses; the argument points to
+    // `slot`, which outlives the child's use of it (we are suspended until it execs or exits).
+    let rc = unsafe {
+        libc::clone(
+            trampoline::<F>,
+            top,
+            flags,
+            (&raw mut slot).cast::<libc::c_void>(),
+        )
+    };
+    let err = io::Error::last_os_error();
+    unmap(stack);
+    if rc == -1 {
+        return Err(err);
+    }
+    // The child took the closure; whatever it left is its business, not ours to drop.
+    std::mem::forget(slot);
+    Ok(Pid::from_raw(rc))
 }
 
 /// `_exit(2)`: ends the process without running atexit handlers or flushing Rust's stdio (whose
@@ -292,6 +418,20 @@ pub fn loopback_up() -> io::Result<()> {
     }
 }
 
+/// `setpriority(PRIO_PROCESS, gettid(), 19)`: the calling thread gets the smallest share of a
+/// busy CPU, but (unlike SCHED_IDLE) a steady one, so a kernel lock it holds is never held for
+/// long. Scope: calling thread. Errors: `EPERM` (not for lowering).
+pub fn lowest_priority() -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+    // SAFETY: integer arguments only; PRIO_PROCESS with a thread id applies to that thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Resets every catchable signal to its default action (`SIG_DFL`). A forked child inherits the
 /// supervisor's handlers (tokio installs some) and ignored signals (Rust ignores `SIGPIPE`), and
 /// ignored signals survive `execve`. Scope: calling process. Errors are impossible for valid
@@ -344,6 +484,13 @@ pub fn own_fd_from_kernel(fd: RawFd) -> OwnedFd {
 /// does not know is ignored.
 pub fn clear_bounding_set(last: u32) -> io::Result<()> {
     for cap in 0..=last {
+        // Each drop allocates and commits new credentials (several microseconds); reading is
+        // free. A thread whose set was already emptied (the spawner thread's, inherited by every
+        // fork) then drops nothing.
+        // SAFETY: integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } == 0 {
+            continue;
+        }
         // SAFETY: integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if rc == -1 {
