@@ -158,11 +158,19 @@ fn supervise(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sa
     // create: a first setup process makes both and clones the reaper.
     let direct = prepared.spec.enabled && prepared.userns.is_none();
     let forked = if direct {
-        sys::fork_into_new_pid_namespace()
+        sys::fork_into_new_pid_namespace().map_err(|e| match e {
+            // Said as the layer that stopped the server, as when a setup process unshares.
+            sys::PidForkError::Namespace(e) => SandboxError::Setup(super::SetupFailure::new(
+                super::Layer::Namespaces,
+                "unshare pid namespace",
+                &e,
+            )),
+            sys::PidForkError::Fork(e) => SandboxError::supervisor("fork")(e),
+        })
     } else {
-        sys::fork()
+        sys::fork().map_err(SandboxError::supervisor("fork"))
     };
-    let first = match forked.map_err(SandboxError::supervisor("fork"))? {
+    let first = match forked? {
         Forked::Child if !prepared.spec.enabled => setup::plain(&prepared, channels),
         Forked::Child if direct => setup::init(&prepared, channels),
         Forked::Child => setup::first(&prepared, channels),

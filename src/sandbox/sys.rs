@@ -55,16 +55,16 @@ static PID_NAMESPACE_LOST: std::sync::atomic::AtomicBool =
 /// returning. Needs `CAP_SYS_ADMIN`. Should restoring fail, a later fork would land in this
 /// sandbox's pid namespace: every fork of this process is refused from then on. Errors: as
 /// [`fork`], `EPERM`, `ENOSPC` (`user.max_pid_namespaces`), `ENOSYS` before Linux 5.8.
-pub fn fork_into_new_pid_namespace() -> io::Result<Forked> {
+pub fn fork_into_new_pid_namespace() -> Result<Forked, PidForkError> {
     use nix::sched::{CloneFlags, setns, unshare};
-    let own = pidfd_open(nix::unistd::getpid())?;
+    let own = pidfd_open(nix::unistd::getpid()).map_err(PidForkError::Fork)?;
     if PID_NAMESPACE_LOST.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(namespace_lost());
+        return Err(PidForkError::Fork(namespace_lost()));
     }
-    unshare(CloneFlags::CLONE_NEWPID)?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| PidForkError::Namespace(e.into()))?;
     let forked = fork();
     if matches!(forked, Ok(Forked::Child)) {
-        return forked;
+        return forked.map_err(PidForkError::Fork);
     }
     if setns(&own, CloneFlags::CLONE_NEWPID).is_err() {
         PID_NAMESPACE_LOST.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -72,9 +72,17 @@ pub fn fork_into_new_pid_namespace() -> io::Result<Forked> {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
         }
-        return Err(namespace_lost());
+        return Err(PidForkError::Fork(namespace_lost()));
     }
-    forked
+    forked.map_err(PidForkError::Fork)
+}
+
+/// Why [`fork_into_new_pid_namespace`] failed: the pid namespace could not be made (a sandbox
+/// layer; the caller reports it as such), or the fork itself.
+#[derive(Debug)]
+pub enum PidForkError {
+    Namespace(io::Error),
+    Fork(io::Error),
 }
 
 fn namespace_lost() -> io::Error {
