@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::Layer;
 
-/// Why a sandbox could not be started.
-#[derive(Debug, thiserror::Error)]
+/// Why a sandbox could not be started. Serializable so the daemon's spawn server can hand it to
+/// aipd with its text and layer intact.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum SandboxError {
     #[error("invalid sandbox spec: {field}: {message}")]
     InvalidSpec { field: String, message: String },
@@ -49,6 +50,7 @@ pub enum SandboxError {
     Supervisor {
         step: std::borrow::Cow<'static, str>,
         #[source]
+        #[serde(with = "io_error_wire")]
         source: io::Error,
     },
 
@@ -129,3 +131,33 @@ impl fmt::Display for SetupFailure {
 }
 
 impl std::error::Error for SetupFailure {}
+
+/// An `io::Error` across a socket: its errno when it has one (so `kind()` and the text come back
+/// the same), else its text.
+mod io_error_wire {
+    use std::io;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Wire {
+        errno: Option<i32>,
+        message: String,
+    }
+
+    pub fn serialize<S: Serializer>(e: &io::Error, s: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<io::Error, D::Error> {
+        let w = Wire::deserialize(d)?;
+        Ok(match w.errno {
+            Some(n) => io::Error::from_raw_os_error(n),
+            None => io::Error::other(w.message),
+        })
+    }
+}

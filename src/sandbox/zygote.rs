@@ -36,11 +36,11 @@ use nix::unistd::{Pid, getpid, getppid};
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::Cgroup;
-use super::error::{SandboxError, SetupFailure};
+use super::error::SandboxError;
 use super::handle::{Detached, SandboxChild};
 use super::protocol::MAX_LISTENERS;
 use super::report::LayerReport;
-use super::spec::{Layer, SandboxSpec};
+use super::spec::SandboxSpec;
 use super::sys::{self, Forked};
 
 /// Longest message either side accepts (a spec carries generated files; a few KiB in practice).
@@ -143,7 +143,7 @@ impl SpawnServer {
         };
         drop(guard);
         match reply {
-            Reply::Failed(e) => Err(e.into()),
+            Reply::Failed(e) => Err(e),
             Reply::Started {
                 pid,
                 has_ctl,
@@ -208,98 +208,7 @@ enum Reply {
         report: Box<LayerReport>,
         cgroup: Option<(PathBuf, String)>,
     },
-    Failed(WireError),
-}
-
-/// [`SandboxError`] as it crosses the socket: every variant keeps its text and its layer.
-#[derive(Serialize, Deserialize)]
-enum WireError {
-    InvalidSpec {
-        field: String,
-        message: String,
-    },
-    NotVisible {
-        what: String,
-        path: PathBuf,
-        hint: String,
-    },
-    Exposed {
-        hidden: PathBuf,
-        through: PathBuf,
-    },
-    Unavailable {
-        layer: Layer,
-        reason: String,
-        hint: String,
-    },
-    Setup(SetupFailure),
-    Supervisor {
-        step: String,
-        errno: Option<i32>,
-        message: String,
-    },
-    Timeout(u64),
-    Died(String),
-}
-
-impl From<SandboxError> for WireError {
-    fn from(e: SandboxError) -> Self {
-        match e {
-            SandboxError::InvalidSpec { field, message } => Self::InvalidSpec { field, message },
-            SandboxError::NotVisible { what, path, hint } => Self::NotVisible { what, path, hint },
-            SandboxError::Exposed { hidden, through } => Self::Exposed { hidden, through },
-            SandboxError::Unavailable {
-                layer,
-                reason,
-                hint,
-            } => Self::Unavailable {
-                layer,
-                reason,
-                hint,
-            },
-            SandboxError::Setup(f) => Self::Setup(f),
-            SandboxError::Supervisor { step, source } => Self::Supervisor {
-                step: step.into_owned(),
-                errno: source.raw_os_error(),
-                message: source.to_string(),
-            },
-            SandboxError::Timeout(ms) => Self::Timeout(ms),
-            SandboxError::Died(m) => Self::Died(m),
-        }
-    }
-}
-
-impl From<WireError> for SandboxError {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::InvalidSpec { field, message } => Self::InvalidSpec { field, message },
-            WireError::NotVisible { what, path, hint } => Self::NotVisible { what, path, hint },
-            WireError::Exposed { hidden, through } => Self::Exposed { hidden, through },
-            WireError::Unavailable {
-                layer,
-                reason,
-                hint,
-            } => Self::Unavailable {
-                layer,
-                reason,
-                hint,
-            },
-            WireError::Setup(f) => Self::Setup(f),
-            WireError::Supervisor {
-                step,
-                errno,
-                message,
-            } => Self::Supervisor {
-                step: step.into(),
-                source: match errno {
-                    Some(n) => io::Error::from_raw_os_error(n),
-                    None => io::Error::other(message),
-                },
-            },
-            WireError::Timeout(ms) => Self::Timeout(ms),
-            WireError::Died(m) => Self::Died(m),
-        }
-    }
+    Failed(SandboxError),
 }
 
 /// The server's life: never returns.
@@ -343,7 +252,7 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
                 let (reply, fds) =
                     std::panic::catch_unwind(|| handle(&body, fds)).unwrap_or_else(|_| {
                         (
-                            Reply::Failed(WireError::Died("the spawn server panicked".into())),
+                            Reply::Failed(SandboxError::Died("the spawn server panicked".into())),
                             Vec::new(),
                         )
                     });
@@ -365,7 +274,7 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
 
 /// One request: the spec and exactly three stdio descriptors.
 fn handle(body: &[u8], fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
-    let failed = |e: SandboxError| (Reply::Failed(e.into()), Vec::new());
+    let failed = |e: SandboxError| (Reply::Failed(e), Vec::new());
     let spec: SandboxSpec = match serde_json::from_slice(body) {
         Ok(s) => s,
         Err(e) => return failed(SandboxError::Died(format!("bad request: {e}"))),
@@ -495,6 +404,8 @@ fn recv_message(sock: &UnixStream) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::error::SetupFailure;
+    use crate::sandbox::spec::Layer;
 
     #[test]
     fn errors_keep_their_text_and_layer_across_the_socket() {
@@ -511,8 +422,8 @@ mod tests {
         for e in errors {
             let text = e.to_string();
             let layer = e.layer();
-            let wire = serde_json::to_vec(&WireError::from(e)).unwrap();
-            let back: SandboxError = serde_json::from_slice::<WireError>(&wire).unwrap().into();
+            let wire = serde_json::to_vec(&e).unwrap();
+            let back: SandboxError = serde_json::from_slice(&wire).unwrap();
             assert_eq!(back.to_string(), text);
             assert_eq!(back.layer(), layer);
         }
