@@ -273,9 +273,9 @@ pub fn entry(record: &Record, identifier: &str) -> Entry {
     fields.push(("MESSAGE_ID".to_string(), class.message_id().to_string()));
     fields.push(("SYSLOG_IDENTIFIER".to_string(), identifier.to_string()));
     fields.push(("AIP_CLASS".to_string(), class.name().to_string()));
-    for (k, v) in record.fields() {
-        if let Some(text) = field_value(&v) {
-            fields.push((field_name(k), text));
+    for (k, v) in record.fields_as_text() {
+        if let Some(text) = v {
+            fields.push((field_name(k), text.into_owned()));
         }
     }
     fields.push(("AIP_RECORD".to_string(), record.to_json()));

@@ -87,6 +87,29 @@ impl Field {
         }
     }
 
+    fn as_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Field::Static(s) => Some(Cow::Borrowed(s)),
+            Field::Shared(s) => Some(Cow::Borrowed(s)),
+            Field::Text(s) => Some(Cow::Borrowed(s)),
+            Field::Bool(b) => Some(Cow::Owned(b.to_string())),
+            Field::Int(n) => Some(Cow::Owned(n.to_string())),
+            Field::Json(v) => match &**v {
+                Value::Null => None,
+                Value::String(s) => Some(Cow::Borrowed(s)),
+                v => Some(Cow::Owned(v.to_string())),
+            },
+            // Usually an object (a call's arguments), whose text is its JSON; a serialized
+            // scalar reads as the value would.
+            Field::Serialized(text) if text.starts_with(['{', '[']) => Some(Cow::Borrowed(text)),
+            Field::Serialized(_) => match self.to_value() {
+                Value::Null => None,
+                Value::String(s) => Some(Cow::Owned(s)),
+                v => Some(Cow::Owned(v.to_string())),
+            },
+        }
+    }
+
     fn write_json(&self, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail, and a Value always serializes.
         let _ = match self {
@@ -217,9 +240,10 @@ impl Record {
         }
     }
 
-    /// The fields in order, as JSON values.
-    pub fn fields(&self) -> impl Iterator<Item = (&str, Value)> {
-        self.fields.iter().map(|(k, v)| (k.as_ref(), v.to_value()))
+    /// The fields in order as text (what journald stores): strings as they are, other values as
+    /// JSON, `null` as nothing. No value is rebuilt to get there.
+    pub fn fields_as_text(&self) -> impl Iterator<Item = (&str, Option<Cow<'_, str>>)> {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), v.as_text()))
     }
 
     /// Appends the record as one JSON object (no newline) to `out`.
@@ -305,6 +329,34 @@ mod tests {
             r#"{"timestamp":"2026-01-24T10:30:45.000Z","a":"x\"y\n","dyn":{"k":[1,2]}}"#
         );
         assert_eq!(r.get_str("a"), Some("x\"y\n"));
+    }
+
+    #[test]
+    fn text_of_each_field_is_the_value_not_its_json_quoting() {
+        let args = serde_json::json!({"path": "/tmp/a"});
+        let r = Record::at(datetime!(2026-01-24 10:30:45 UTC))
+            .with_static("decision", "ALLOW")
+            .with("violation", false)
+            .with("request_id", 7)
+            .with("reason", Value::Null)
+            .with_serialized("args", &args)
+            .with_serialized("quoted", &serde_json::json!("x"));
+        let texts: Vec<(&str, Option<String>)> = r
+            .fields_as_text()
+            .map(|(k, v)| (k, v.map(Cow::into_owned)))
+            .collect();
+        assert_eq!(
+            texts[1..],
+            [
+                ("decision", Some("ALLOW".to_owned())),
+                ("violation", Some("false".to_owned())),
+                ("request_id", Some("7".to_owned())),
+                ("reason", None),
+                ("args", Some(r#"{"path":"/tmp/a"}"#.to_owned())),
+                ("quoted", Some("x".to_owned())),
+            ]
+        );
+        assert_eq!(r.get("args"), Some(args));
     }
 
     #[test]

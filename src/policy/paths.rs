@@ -108,7 +108,7 @@ impl ProtectedPaths {
             .map(|f| (f.to_string_lossy().into_owned(), false));
         for (raw, from_policy) in written.chain(always) {
             let expanded = pp.expand_home_vars(&raw);
-            let abs = pp.absolute(&expanded);
+            let abs = pp.absolute(&expanded).into_owned();
             if !seen.insert(abs.clone()) {
                 continue;
             }
@@ -198,11 +198,7 @@ impl ProtectedPaths {
     }
 
     /// Tilde expansion and cwd for relative paths, then lexical cleaning.
-    fn absolute(&self, token: &str) -> String {
-        self.absolute_cow(token).into_owned()
-    }
-
-    fn absolute_cow<'t>(&self, token: &'t str) -> Cow<'t, str> {
+    fn absolute<'t>(&self, token: &'t str) -> Cow<'t, str> {
         if token.starts_with('~') {
             Cow::Owned(clean(&self.absolute_raw(token), "/"))
         } else {
@@ -213,11 +209,7 @@ impl ProtectedPaths {
     /// Tilde expansion and cwd for relative paths, NOT cleaned: the kernel resolves `..` after
     /// following symlinks (`link/../x` is the parent of the link's target), so symlink
     /// resolution must start from this form.
-    fn absolute_raw(&self, token: &str) -> String {
-        self.absolute_raw_cow(token).into_owned()
-    }
-
-    fn absolute_raw_cow<'t>(&self, token: &'t str) -> Cow<'t, str> {
+    fn absolute_raw<'t>(&self, token: &'t str) -> Cow<'t, str> {
         if let Some(rest) = token.strip_prefix('~') {
             let (user, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             let base = if user.is_empty() {
@@ -434,7 +426,7 @@ impl<'v> Scan<'_> {
         if !pathish && !whole {
             return None;
         }
-        let abs = pp.absolute_cow(t);
+        let abs = pp.absolute(t);
         if let Some(i) = pp.hit(&abs) {
             return Some(i);
         }
@@ -446,7 +438,7 @@ impl<'v> Scan<'_> {
         if !pp.resolve {
             return None;
         }
-        let raw = pp.absolute_raw_cow(t);
+        let raw = pp.absolute_raw(t);
         if !self.first_time(&raw) {
             return None;
         }
