@@ -81,6 +81,7 @@ row "round trip p50, default, 4 DLP patterns (µs)" "$direct" "$dlp" p50_us
 row "round trip p99, default, 4 DLP patterns (µs)" "$direct" "$dlp" p99_us
 echo "| pipelined messages/s (requests + responses) | $(j "$tput_direct" messages_per_s) | $(j "$tput" messages_per_s) | |"
 echo "| aip RSS idle (KiB) | | $(j "$rss" idle_rss_kib) | |"
-echo "| aip peak RSS after a $((BIG/1048576)) MiB line (KiB) | | $(j "$rss" peak_rss_kib) | |"
+echo "| aip peak RSS during start-up (KiB) | | $(j "$rss" startup_peak_rss_kib) | |"
+echo "| aip peak RSS while refusing a $((BIG/1048576)) MiB line, start-up peak reset (KiB) | | $(j "$rss" peak_rss_kib) | |"
 echo
 echo "raw: hdirect=$hdirect hplain=$hplain hdlp=$hdlp direct=$direct plain=$plain dlp=$dlp tput_direct=$tput_direct tput=$tput rss=$rss"

@@ -143,7 +143,9 @@ impl<R: Read> LineReader<R> {
                 self.start = 0;
                 self.end = 0;
                 self.scanned = 0;
-                self.shrink = true;
+                // The rest of the line is only counted, which needs no room: give the grown
+                // buffer back now, before the error reply and its audit record are built.
+                self.buf = vec![0; IDLE_CAPACITY.min(self.max_line + 1)];
             }
 
             if self.eof {
@@ -321,9 +323,10 @@ mod tests {
             Some(Frame::Oversize(o)) => assert_eq!(o.len, 50 << 20),
             other => panic!("unexpected {other:?}"),
         }
+        // The grown buffer is given back as soon as the line is known to be oversized.
         assert!(
-            r.buf.len() <= (1 << 20) + 1,
-            "buffer grew to {}",
+            r.buf.len() <= IDLE_CAPACITY,
+            "buffer still holds {} bytes",
             r.buf.len()
         );
     }

@@ -95,6 +95,9 @@ pub(super) fn supervise(
     let mut exited: Option<ServerExit> = None;
     let mut exit_seen_at: Option<Instant> = None;
     let mut stdout_done = false;
+    // Start-up memory is given back on the first quiet tick, once every pump thread is past its
+    // own start-up; done earlier, those threads would fault much of it straight back in.
+    let mut release_memory = sh.cfg.release_startup_memory;
     loop {
         if let (Some(status), true) = (exited, stdout_done) {
             return status;
@@ -167,7 +170,12 @@ pub(super) fn supervise(
                     }
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                if release_memory && phase == Phase::Running {
+                    release_memory = false;
+                    super::memory::release_startup_pages();
+                }
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 return exited.unwrap_or(ServerExit::Code(1));
             }

@@ -1,18 +1,17 @@
 //! Giving back start-up memory once a one-session proxy (`aip run`) is running.
 //!
 //! Start-up (argument parsing, YAML, regex compilation, the sandbox plan) touches code spread
-//! over most of the executable, and the kernel maps file pages in 64 KiB blocks around each
-//! fault, so a proxy that then only pumps lines would keep ~8 MiB of code mapped for its whole
-//! life. Those pages are clean copies of the executable file: dropping them from this process
+//! over most of the executable and of libc, and the kernel maps file pages in 64 KiB blocks
+//! around each fault, so a proxy that then only pumps lines would keep ~8 MiB of code mapped for
+//! its whole life. Those pages are clean copies of files: dropping them from this process
 //! (`MADV_DONTNEED`) loses nothing; the ones the session uses come back on first use from the
 //! page cache. Freed heap memory goes back too (`malloc_trim`).
 //!
-//! Only mappings of our own executable that are read-only and hold no private (written)
-//! page are touched; anything else (relocated data, heap, stacks) is left alone.
+//! Only file mappings (the executable and its shared libraries) that are read-only and hold no
+//! private (written) page are touched; anything else (relocated data, heap, stacks, the vDSO) is
+//! left alone.
 
 #![allow(unsafe_code)]
-
-use std::path::Path;
 
 /// One mapping of the executable that may be dropped.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,9 +20,8 @@ struct Span {
     len: usize,
 }
 
-/// The read-only, never-written mappings of `exe` in an smaps text.
-fn droppable(smaps: &str, exe: &Path) -> Vec<Span> {
-    let exe = exe.to_string_lossy();
+/// The read-only, never-written file mappings in an smaps text.
+fn droppable(smaps: &str) -> Vec<Span> {
     let mut out = Vec::new();
     let mut current: Option<Span> = None;
     let mut written = false;
@@ -43,7 +41,7 @@ fn droppable(smaps: &str, exe: &Path) -> Vec<Span> {
             written = false;
             let perms = parts.next().unwrap_or_default();
             let path = parts.nth(3).unwrap_or_default();
-            if path == exe && !perms.contains('w') && end > start {
+            if path.starts_with('/') && !perms.contains('w') && end > start {
                 current = Some(Span {
                     start,
                     len: end - start,
@@ -65,16 +63,13 @@ fn droppable(smaps: &str, exe: &Path) -> Vec<Span> {
 /// Drops this process's clean start-up code pages and trims the heap. Best effort: any failure
 /// just leaves the memory mapped.
 pub(super) fn release_startup_pages() {
-    let (Ok(exe), Ok(smaps)) = (
-        std::fs::read_link("/proc/self/exe"),
-        std::fs::read_to_string("/proc/self/smaps"),
-    ) else {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
-    for span in droppable(&smaps, &exe) {
-        // SAFETY: the range is a whole read-only, private mapping of our own executable with no
-        // written page (checked above; being read-only, none can appear since): MADV_DONTNEED
-        // only unmaps its pages, and the next access maps the same bytes back from the file.
+    for span in droppable(&smaps) {
+        // SAFETY: the range is a whole read-only file mapping with no written page (checked
+        // above; being read-only, none can appear since): MADV_DONTNEED only unmaps its pages,
+        // and the next access maps the same bytes back from the file.
         unsafe {
             libc::madvise(
                 span.start as *mut libc::c_void,
@@ -108,11 +103,17 @@ Private_Dirty:       352 kB
 Anonymous:            12 kB
 7f0000000000-7f0000100000 r-xp 00000000 fe:00 7 /usr/lib/libc.so.6
 Anonymous:             0 kB
+7f0000100000-7f0000102000 rw-p 00100000 fe:00 7 /usr/lib/libc.so.6
+Anonymous:             8 kB
+7f0000200000-7f0000202000 r-xp 00000000 00:00 0 [vdso]
+Anonymous:             0 kB
+7f0000300000-7f0000321000 r--p 00000000 00:00 0
+Anonymous:             0 kB
 ";
 
     #[test]
-    fn only_clean_read_only_mappings_of_the_executable() {
-        let spans = droppable(SMAPS, Path::new("/usr/bin/aip"));
+    fn only_clean_read_only_file_mappings() {
+        let spans = droppable(SMAPS);
         assert_eq!(
             spans,
             [
@@ -123,6 +124,10 @@ Anonymous:             0 kB
                 Span {
                     start: 0x55d0a0325000,
                     len: 0xa2b000
+                },
+                Span {
+                    start: 0x7f0000000000,
+                    len: 0x100000
                 },
             ]
         );

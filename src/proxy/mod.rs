@@ -337,9 +337,6 @@ pub fn run(
         watch_signals(tx.clone());
     }
     drop(tx);
-    if sh.cfg.release_startup_memory {
-        memory::release_startup_pages();
-    }
 
     let status = lifecycle::supervise(&sh, server.as_ref(), &rx);
     // Calls the server never answered get an error, if the client is still listening.
