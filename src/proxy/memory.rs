@@ -13,7 +13,7 @@
 
 #![allow(unsafe_code)]
 
-/// One mapping of the executable that may be dropped.
+/// One file mapping that may be dropped.
 #[derive(Debug, PartialEq, Eq)]
 struct Span {
     start: usize,
