@@ -192,8 +192,9 @@ fn print_plan(spec: &sandbox::SandboxSpec) -> anyhow::Result<()> {
 fn timing(spec: &sandbox::SandboxSpec, runs: u32) -> anyhow::Result<ExitCode> {
     use std::time::{Duration, Instant};
     let runs = runs.clamp(1, 100_000) as usize;
-    // As aipd runs: network namespaces made ahead of time when root.
+    // As aipd runs: network namespaces made ahead of time and a shared root template, when root.
     sandbox::prewarm_network_namespaces(2);
+    sandbox::reuse_root_templates();
     let mut setup = Vec::with_capacity(runs);
     let mut total = Vec::with_capacity(runs);
     let mut failures = 0usize;

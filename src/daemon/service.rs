@@ -530,6 +530,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "no sandbox spawn server; aipd forks sandboxes itself (slower with many sessions)");
+            crate::sandbox::reuse_root_templates();
             if prewarm > 0 {
                 crate::sandbox::prewarm_network_namespaces(prewarm);
             }

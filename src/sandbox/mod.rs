@@ -96,6 +96,14 @@ pub fn prewarm_network_namespaces(size: usize) -> bool {
     netpool::enable(size)
 }
 
+/// Makes root sandboxes of one spec share a read-only template of their root tmpfs, built on
+/// the first spawn and cloned by the next ones (see `docs/sandbox.md`, Filesystem). For
+/// long-lived supervisors that start many sandboxes of one spec (aipd's spawn server does it
+/// itself); a one-shot run would only pay for the template.
+pub fn reuse_root_templates() {
+    mounts::Template::enable();
+}
+
 /// Starts the command of `spec` in a new sandbox (through the spawn server when one is installed,
 /// see [`SpawnServer`]) with `stdio` as its stdin, stdout and stderr.
 ///

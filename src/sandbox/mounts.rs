@@ -9,6 +9,10 @@
 //! without following symlinks, and directories or files are only ever created on tmpfs mounts
 //! this module made: never inside a bind of a host directory. This module must not choose
 //! paths: the spec does.
+//!
+//! In a long-lived root supervisor (aipd) the root tmpfs is a clone of a per-spec read-only
+//! template (see [`template`]) with the same content, made once; what lies below the spec's
+//! other mounts is still made per sandbox.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -23,12 +27,15 @@ use nix::sys::stat::{Mode, fstat, mkdirat};
 use nix::unistd::{fchdir, pivot_root, symlinkat};
 
 use super::error::SetupFailure;
-use super::spec::{Access, Layer, MountKind, SandboxSpec};
+use super::spec::{Access, GeneratedFile, Layer, MountKind, SandboxSpec, Symlink};
 use super::sys;
 
 /// Where the new root tmpfs is mounted before `pivot_root` (inside our private mount namespace,
 /// so the host never sees it; bind sources were opened before it covers anything).
 const STAGING: &str = "/tmp";
+
+mod template;
+pub use template::Template;
 
 fn fail(step: String, err: &io::Error) -> SetupFailure {
     SetupFailure::new(Layer::Filesystem, step, err)
@@ -325,12 +332,31 @@ fn parent_on_our_tmpfs<'t, 'p>(
     Ok((tree.fd(parent_path), name))
 }
 
+/// Writes a generated file (on one of our tmpfs mounts) with its exact mode.
+fn write_file(tree: &mut Tree, file: &GeneratedFile) -> Result<(), SetupFailure> {
+    let step = format!("write {}", file.path.display());
+    let (parent, name) = parent_on_our_tmpfs(tree, &file.path, &step)?;
+    let how = how(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW)
+        .mode(Mode::from_bits_truncate(file.mode));
+    let fd = openat2(parent, name, how).map_err(|e| fail(step.clone(), &errno(e)))?;
+    std::fs::File::from(fd)
+        .write_all(&file.contents)
+        .map_err(|e| fail(step, &e))
+}
+
+/// Creates a symlink of the spec (on one of our tmpfs mounts).
+fn make_symlink(tree: &mut Tree, link: &Symlink) -> Result<(), SetupFailure> {
+    let step = format!("symlink {}", link.path.display());
+    let (parent, name) = parent_on_our_tmpfs(tree, &link.path, &step)?;
+    symlinkat(link.target.as_os_str().as_bytes(), parent, name).map_err(|e| fail(step, &errno(e)))
+}
+
 fn proc_fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// Builds the root file system and pivots into it. Returns the number of mounts made.
-pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
+pub fn build_root(spec: &SandboxSpec, template: Option<&Template>) -> Result<usize, SetupFailure> {
     mount(
         None::<&str>,
         "/",
@@ -341,7 +367,7 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
     .map_err(|e| fail("make mounts private".into(), &errno(e)))?;
     // Modes are meant exactly; the caller's umask is restored before anything else runs.
     let umask = nix::sys::stat::umask(Mode::empty());
-    let built = build_tree(spec);
+    let built = build_tree(spec, template);
     nix::sys::stat::umask(umask);
     let root = built?;
 
@@ -353,7 +379,7 @@ pub fn build_root(spec: &SandboxSpec) -> Result<usize, SetupFailure> {
 }
 
 /// Everything up to the pivot; returns the (read-only) new root.
-fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
+fn build_tree(spec: &SandboxSpec, template: Option<&Template>) -> Result<OwnedFd, SetupFailure> {
     // Every source is opened and detached before the staging tmpfs covers anything.
     let host_root = nix::fcntl::open(
         "/",
@@ -370,15 +396,20 @@ fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
     }
     drop(host_root);
 
-    let root_options = format!("size={},mode=0755", spec.root_size);
-    mount(
-        Some("tmpfs"),
-        STAGING,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(root_options.as_str()),
-    )
-    .map_err(|e| fail("mount root tmpfs".into(), &errno(e)))?;
+    // A clone of the spec's template when it fits, else a fresh tmpfs built the long way.
+    let template = template.filter(|t| t.fits(spec, &detached));
+    let template = template.filter(|t| t.attach(Path::new(STAGING)).is_ok());
+    if template.is_none() {
+        let root_options = format!("size={},mode=0755", spec.root_size);
+        mount(
+            Some("tmpfs"),
+            STAGING,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(root_options.as_str()),
+        )
+        .map_err(|e| fail("mount root tmpfs".into(), &errno(e)))?;
+    }
     let root = nix::fcntl::open(
         STAGING,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -386,6 +417,9 @@ fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
     )
     .map_err(|e| fail("open root tmpfs".into(), &errno(e)))?;
     let mut tree = Tree::new(root);
+    if let Some(t) = template {
+        tree.made = t.made().clone();
+    }
 
     let mut seal_later = Vec::new();
     for (entry, prepared) in spec.mounts.iter().zip(detached) {
@@ -473,22 +507,13 @@ fn build_tree(spec: &SandboxSpec) -> Result<OwnedFd, SetupFailure> {
         tree.covered(target);
     }
 
-    for file in &spec.files {
-        let step = format!("write {}", file.path.display());
-        let (parent, name) = parent_on_our_tmpfs(&mut tree, &file.path, &step)?;
-        let how = how(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW)
-            .mode(Mode::from_bits_truncate(file.mode));
-        let fd = openat2(parent, name, how).map_err(|e| fail(step.clone(), &errno(e)))?;
-        std::fs::File::from(fd)
-            .write_all(&file.contents)
-            .map_err(|e| fail(step, &e))?;
+    // What the template holds is there already.
+    let in_template = |path: &Path| template.is_some_and(|t| t.holds(path));
+    for file in spec.files.iter().filter(|f| !in_template(&f.path)) {
+        write_file(&mut tree, file)?;
     }
-
-    for link in &spec.symlinks {
-        let step = format!("symlink {}", link.path.display());
-        let (parent, name) = parent_on_our_tmpfs(&mut tree, &link.path, &step)?;
-        symlinkat(link.target.as_os_str().as_bytes(), parent, name)
-            .map_err(|e| fail(step, &errno(e)))?;
+    for link in spec.symlinks.iter().filter(|l| !in_template(&l.path)) {
+        make_symlink(&mut tree, link)?;
     }
 
     for (target, fd) in seal_later {

@@ -44,6 +44,8 @@ pub struct Prepared {
     pub resources_report: Option<ResourcesReport>,
     /// A pre-created network namespace to join instead of creating one (root, pool enabled).
     pub netns: Option<OwnedFd>,
+    /// The spec's root tmpfs template (root supervisors; set on the forking thread).
+    pub root_template: Option<std::sync::Arc<super::mounts::Template>>,
 }
 
 /// Validates `spec` and makes every decision that may refuse the sandbox.
@@ -91,6 +93,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         cgroup_procs: None,
         resources_report: None,
         netns: None,
+        root_template: None,
     };
     if !spec.enabled {
         return Ok(prepared);

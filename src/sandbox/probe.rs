@@ -68,6 +68,17 @@ pub fn run_check(check: &str) -> ProbeResult {
             .map(done),
         "list" => std::fs::read_dir(arg).map(|d| d.count().to_string()),
         "stat" => std::fs::symlink_metadata(arg).map(done),
+        // Which inode the path is, and when it was made: tells a shared file from a copy.
+        "inode" => std::fs::symlink_metadata(arg).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            format!(
+                "{}:{}:{}.{:09}",
+                m.dev(),
+                m.ino(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+        }),
         "exec" => std::process::Command::new(arg)
             .stdin(std::process::Stdio::null())
             .output()

@@ -143,6 +143,9 @@ fn isolate(
     if let Some(netns) = &prepared.netns {
         keep.push(netns.as_raw_fd());
     }
+    if let Some(template) = &prepared.root_template {
+        keep.push(template.fd().as_raw_fd());
+    }
     close_all_except(&keep).map_err(|e| lifecycle("close inherited fds", e))?;
 
     if let Some(procs) = &prepared.cgroup_procs {
@@ -227,7 +230,8 @@ fn arm_parent_death(channels: &Channels) {
 /// The reaper's work: the root file system, the server, then the reaper loop. Never returns.
 fn build_and_serve(prepared: &Prepared, channels: Channels) -> ! {
     let report = channels.report.as_fd();
-    let mounts = match super::mounts::build_root(&prepared.spec) {
+    let mounts = match super::mounts::build_root(&prepared.spec, prepared.root_template.as_deref())
+    {
         Ok(n) => n,
         Err(failure) => report_failure(report, failure),
     };

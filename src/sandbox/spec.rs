@@ -359,7 +359,7 @@ mod base64_bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn minimal() -> SandboxSpec {

@@ -129,9 +129,14 @@ fn run_on<T: Send + 'static>(
 
 /// Forks and supervises the setup. Runs on the spawner thread (or the spawn server's only one).
 pub(super) fn launch(
-    prepared: Prepared,
+    mut prepared: Prepared,
     stdio: [OwnedFd; 3],
 ) -> Result<SandboxChild, SandboxError> {
+    // Only a root supervisor's sandboxes can mount a clone of it (an unprivileged one's are in
+    // a user namespace of their own).
+    if prepared.spec.enabled && prepared.userns.is_none() {
+        prepared.root_template = super::mounts::Template::for_spec(&prepared.spec);
+    }
     let launched = supervise(prepared, stdio);
     super::netpool::refill();
     launched

@@ -313,6 +313,71 @@ pub fn landlock_abi_version() -> io::Result<u32> {
     }
 }
 
+/// A new tmpfs of `size` bytes whose root directory has `mode`, as a detached mount carrying
+/// `attrs` (`fsopen` + `fsconfig` + `fsmount`): reachable only through the returned descriptor
+/// until it is attached somewhere. Needs `CAP_SYS_ADMIN`; `ENOSYS` before 5.2.
+pub fn detached_tmpfs(size: u64, mode: u32, attrs: u64) -> io::Result<OwnedFd> {
+    let last = || io::Error::last_os_error();
+    // SAFETY: the file system name is a valid NUL-terminated string.
+    let rc = unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC) };
+    if rc == -1 {
+        return Err(last());
+    }
+    // SAFETY: `rc` is a new fd owned by nobody else.
+    let context = unsafe { OwnedFd::from_raw_fd(rc as RawFd) };
+    let options = [
+        // Named as a tmpfs mounted with mount(2) is, in the sandbox's mount table.
+        (c"source", Ok(c"tmpfs".to_owned())),
+        (c"size", std::ffi::CString::new(size.to_string())),
+        (c"mode", std::ffi::CString::new(format!("{mode:o}"))),
+    ];
+    for (key, value) in options {
+        let value = value.map_err(io::Error::other)?;
+        // SAFETY: key and value are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                libc::FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if rc == -1 {
+            return Err(last());
+        }
+    }
+    // SAFETY: no pointers are passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            libc::FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if rc == -1 {
+        return Err(last());
+    }
+    // SAFETY: no pointers are passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            attrs as libc::c_uint,
+        )
+    };
+    if rc == -1 {
+        return Err(last());
+    }
+    // SAFETY: `rc` is a new fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
 /// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH [| AT_RECURSIVE])`: a
 /// detached copy of the mount at `fd` (a bind mount not attached anywhere yet). Non-recursive
 /// unless asked, so mounts below the source are not carried along. Needs `CAP_SYS_ADMIN` in the

@@ -629,6 +629,63 @@ fn a_landlock_floor_above_the_kernel_is_refused() {
     );
 }
 
+/// As aipd runs them (root): sandboxes of one spec mount clones of one read-only template of
+/// their root tmpfs. Each still gets the whole root, read-only, and a `/tmp` of its own.
+#[test]
+fn sandboxes_sharing_a_root_template_each_get_the_read_only_root_and_their_own_tmp() {
+    if !is_root() {
+        println!("skipped: root templates are made by root supervisors only");
+        return;
+    }
+    let checks = [
+        "stat:/tmp/mark",
+        "write:/tmp/mark",
+        "read:/etc/passwd",
+        "write:/etc/passwd",
+        "write:/aip-test",
+        "read:/etc/shadow",
+        "inode:/etc/passwd",
+    ];
+    let aip = aip_bin();
+    // `--timing` spawns from one process, as aipd does: the first sandbox makes the template.
+    let output = Command::new(&aip)
+        .current_dir("/")
+        .args(["sandbox", "--timing", "3", "--"])
+        .arg(&aip)
+        .args(["doctor", "--probe"])
+        .args(checks)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aip sandbox --timing");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout.contains("runs: 3 (non-zero exits: 0)"), "{stdout}");
+    let results: Vec<ProbeResult> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(results.len(), 3 * checks.len(), "{stdout}");
+    for run in results.chunks(checks.len()) {
+        // Nothing of an earlier sandbox's /tmp is left.
+        assert_denied(run, "stat:/tmp/mark", "ENOENT");
+        assert_allowed(run, "write:/tmp/mark");
+        assert_allowed(run, "read:/etc/passwd");
+        // Root's file, so the permission check answers before the read-only mount does (the
+        // same as in a root built per sandbox).
+        assert_denied(run, "write:/etc/passwd", "EACCES");
+        assert_denied(run, "write:/aip-test", "EROFS");
+        assert_denied(run, "read:/etc/shadow", "ENOENT");
+    }
+    // The roots were clones of one template: the same file, made once (a root built per
+    // sandbox writes its own copy, with its own change time).
+    let passwd: std::collections::BTreeSet<&str> = results
+        .iter()
+        .filter(|r| r.check == "inode:/etc/passwd")
+        .map(|r| r.detail.as_str())
+        .collect();
+    assert_eq!(passwd.len(), 1, "{stdout}");
+}
+
 #[test]
 fn the_report_names_every_layer() {
     let out = aip_sandbox(&["--report", "--", "/bin/true"]);
