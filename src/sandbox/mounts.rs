@@ -508,7 +508,7 @@ fn build_tree(spec: &SandboxSpec, template: Option<&Template>) -> Result<OwnedFd
     }
 
     // What the template holds is there already.
-    let in_template = |path: &Path| template.is_some_and(|t| t.holds(path));
+    let in_template = |path: &Path| template.is_some_and(|t| t.made().contains(path));
     for file in spec.files.iter().filter(|f| !in_template(&f.path)) {
         write_file(&mut tree, file)?;
     }

@@ -260,16 +260,27 @@ pub fn securebits() -> io::Result<u32> {
     }
 }
 
+/// The result of a raw `syscall`: `-1` means the error is in `errno`.
+fn checked(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The descriptor a raw `syscall` that creates one returned.
+fn new_fd(rc: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = checked(rc)?;
+    // SAFETY: the kernel just created this fd for us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// `pidfd_open(pid, 0)`: a handle on a process that cannot be confused with a later process that
 /// reuses the pid. Errors: `ESRCH` (gone), `ENOSYS` before Linux 5.3.
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: integer arguments; on success the kernel returns a new fd that we own exclusively.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0u32) };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `rc` is a freshly created fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+    // SAFETY: integer arguments only.
+    new_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0u32) })
 }
 
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`. Errors: `ESRCH` once the process has been reaped
@@ -317,65 +328,51 @@ pub fn landlock_abi_version() -> io::Result<u32> {
 /// `attrs` (`fsopen` + `fsconfig` + `fsmount`): reachable only through the returned descriptor
 /// until it is attached somewhere. Needs `CAP_SYS_ADMIN`; `ENOSYS` before 5.2.
 pub fn detached_tmpfs(size: u64, mode: u32, attrs: u64) -> io::Result<OwnedFd> {
-    let last = || io::Error::last_os_error();
     // SAFETY: the file system name is a valid NUL-terminated string.
-    let rc = unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC) };
-    if rc == -1 {
-        return Err(last());
-    }
-    // SAFETY: `rc` is a new fd owned by nobody else.
-    let context = unsafe { OwnedFd::from_raw_fd(rc as RawFd) };
-    let options = [
-        // Named as a tmpfs mounted with mount(2) is, in the sandbox's mount table.
-        (c"source", Ok(c"tmpfs".to_owned())),
-        (c"size", std::ffi::CString::new(size.to_string())),
-        (c"mode", std::ffi::CString::new(format!("{mode:o}"))),
-    ];
-    for (key, value) in options {
-        let value = value.map_err(io::Error::other)?;
-        // SAFETY: key and value are valid NUL-terminated strings that outlive the call.
-        let rc = unsafe {
+    let context = new_fd(unsafe {
+        libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC)
+    })?;
+    let fsconfig = |command: libc::fsconfig_command,
+                    key: Option<&std::ffi::CStr>,
+                    value: Option<&std::ffi::CStr>| {
+        let ptr = |s: Option<&std::ffi::CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
+        // SAFETY: key and value are null or valid NUL-terminated strings that outlive the call.
+        checked(unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
                 context.as_raw_fd(),
-                libc::FSCONFIG_SET_STRING,
-                key.as_ptr(),
-                value.as_ptr(),
+                command,
+                ptr(key),
+                ptr(value),
                 0,
             )
-        };
-        if rc == -1 {
-            return Err(last());
-        }
-    }
-    // SAFETY: no pointers are passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            context.as_raw_fd(),
-            libc::FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
+        })
     };
-    if rc == -1 {
-        return Err(last());
+    let options = [
+        // Named as a tmpfs mounted with mount(2) is, in the sandbox's mount table.
+        (c"source", c"tmpfs".to_owned()),
+        (
+            c"size",
+            std::ffi::CString::new(size.to_string()).map_err(io::Error::other)?,
+        ),
+        (
+            c"mode",
+            std::ffi::CString::new(format!("{mode:o}")).map_err(io::Error::other)?,
+        ),
+    ];
+    for (key, value) in &options {
+        fsconfig(libc::FSCONFIG_SET_STRING, Some(key), Some(value))?;
     }
-    // SAFETY: no pointers are passed.
-    let rc = unsafe {
+    fsconfig(libc::FSCONFIG_CMD_CREATE, None, None)?;
+    // SAFETY: integer arguments only.
+    new_fd(unsafe {
         libc::syscall(
             libc::SYS_fsmount,
             context.as_raw_fd(),
             libc::FSMOUNT_CLOEXEC,
             attrs as libc::c_uint,
         )
-    };
-    if rc == -1 {
-        return Err(last());
-    }
-    // SAFETY: `rc` is a new fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+    })
 }
 
 /// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH [| AT_RECURSIVE])`: a
@@ -390,12 +387,7 @@ pub fn open_tree_clone(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedF
         flags |= libc::AT_RECURSIVE as u32;
     }
     // SAFETY: the path is a valid NUL-terminated empty string; the fd is borrowed for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `rc` is a new fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+    new_fd(unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) })
 }
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set, attr_clr})` on the mount

@@ -646,24 +646,11 @@ fn sandboxes_sharing_a_root_template_each_get_the_read_only_root_and_their_own_t
         "read:/etc/shadow",
         "inode:/etc/passwd",
     ];
-    let aip = aip_bin();
     // `--timing` spawns from one process, as aipd does: the first sandbox makes the template.
-    let output = Command::new(&aip)
-        .current_dir("/")
-        .args(["sandbox", "--timing", "3", "--"])
-        .arg(&aip)
-        .args(["doctor", "--probe"])
-        .args(checks)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run aip sandbox --timing");
+    let (results, output) = probe_with(&["--timing", "3"], &checks);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout.contains("runs: 3 (non-zero exits: 0)"), "{stdout}");
-    let results: Vec<ProbeResult> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
     assert_eq!(results.len(), 3 * checks.len(), "{stdout}");
     for run in results.chunks(checks.len()) {
         // Nothing of an earlier sandbox's /tmp is left.

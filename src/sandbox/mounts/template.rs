@@ -107,10 +107,6 @@ impl Template {
         &self.made
     }
 
-    pub(super) fn holds(&self, path: &Path) -> bool {
-        self.made.contains(path)
-    }
-
     fn matches(&self, spec: &SandboxSpec) -> bool {
         let same_shape = |a: &GeneratedFile, b: &GeneratedFile| {
             a.path == b.path && a.mode == b.mode && a.contents.len() == b.contents.len()
@@ -262,9 +258,9 @@ mod tests {
             "/dev",
             "/dev/null",
         ] {
-            assert!(t.holds(Path::new(held)), "{held} missing");
+            assert!(t.made.contains(Path::new(held)), "{held} missing");
         }
-        assert!(!t.holds(Path::new("/tmp/below-a-mount")));
+        assert!(!t.made.contains(Path::new("/tmp/below-a-mount")));
         assert_eq!(t.points.get(Path::new("/dev/null")), Some(&false));
         assert_eq!(t.points.get(Path::new("/usr")), Some(&true));
 
