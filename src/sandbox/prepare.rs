@@ -48,6 +48,14 @@ pub struct Prepared {
     pub root_template: Option<std::sync::Arc<super::mounts::Template>>,
 }
 
+impl Prepared {
+    /// A sandbox of a root supervisor: no user namespace of its own, so the supervisor forks
+    /// its reaper straight into the pid namespace and may hand it a root template.
+    pub fn root_sandbox(&self) -> bool {
+        self.spec.enabled && self.userns.is_none()
+    }
+}
+
 /// Validates `spec` and makes every decision that may refuse the sandbox.
 pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     spec.validate()?;

@@ -134,7 +134,7 @@ pub(super) fn launch(
 ) -> Result<SandboxChild, SandboxError> {
     // Only a root supervisor's sandboxes can mount a clone of it (an unprivileged one's are in
     // a user namespace of their own).
-    if prepared.spec.enabled && prepared.userns.is_none() {
+    if prepared.root_sandbox() {
         prepared.root_template = super::mounts::Template::for_spec(&prepared.spec);
     }
     let launched = supervise(prepared, stdio);
@@ -161,7 +161,7 @@ fn supervise(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sa
     // As root the reaper is forked straight into its pid namespace. An unprivileged pid
     // namespace must belong to a user namespace, which only a single-threaded process can
     // create: a first setup process makes both and clones the reaper.
-    let direct = prepared.spec.enabled && prepared.userns.is_none();
+    let direct = prepared.root_sandbox();
     let forked = if direct {
         sys::fork_into_new_pid_namespace().map_err(|e| match e {
             // Said as the layer that stopped the server, as when a setup process unshares.

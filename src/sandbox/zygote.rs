@@ -237,7 +237,8 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
     }
     let _ = sys::close_range(fd + 1, u32::MAX);
     let _ = nix::sys::prctl::set_name(c"aipd-spawner");
-    // Every sandbox this long-lived process starts for one server has the same root.
+    // This process starts every session's sandbox: sessions of one daemon server share a spec,
+    // so they share its root template.
     super::mounts::Template::enable();
     if prewarm_netns > 0 {
         super::netpool::enable(prewarm_netns);
