@@ -107,8 +107,8 @@ pub fn reuse_root_templates() {
 /// Starts the command of `spec` in a new sandbox (through the spawn server when one is installed,
 /// see [`SpawnServer`]) with `stdio` as its stdin, stdout and stderr.
 ///
-/// Blocks until the server has been exec'd (two to three milliseconds) or a layer failed; the error then
-/// names the layer and the rule. May be called from any thread, including async runtimes'
+/// Blocks until the server has been exec'd (two to three milliseconds) or a layer failed; the
+/// error then names the layer and the rule. May be called from any thread, including async runtimes'
 /// worker threads (the fork itself happens on a dedicated spawner thread).
 pub fn spawn(spec: &SandboxSpec, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
     if spec.enabled

@@ -6,9 +6,9 @@
 //!   processes died. Bounded to [`MAX_REPORT`] bytes.
 //! * The control socket (`SOCK_SEQPACKET`): the first setup process sends the reaper's pid and
 //!   the egress listener fds (`SCM_RIGHTS`), or, forked directly (root), the reaper sends the
-//!   fds (the supervisor ignores the pid then: it has it from `fork`); the reaper checks the supervisor's end is still
-//!   open once its parent-death signal is armed ([`peer_alive`]), and sends the server's exit
-//!   status over it before it exits.
+//!   fds (the supervisor ignores the pid then: it has it from `fork`); the reaper checks the
+//!   supervisor's end is still open once its parent-death signal is armed ([`peer_alive`]), and
+//!   sends the server's exit status over it before it exits.
 
 use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};

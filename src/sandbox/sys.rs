@@ -57,10 +57,10 @@ static PID_NAMESPACE_LOST: std::sync::atomic::AtomicBool =
 /// [`fork`], `EPERM`, `ENOSPC` (`user.max_pid_namespaces`), `ENOSYS` before Linux 5.8.
 pub fn fork_into_new_pid_namespace() -> Result<Forked, PidForkError> {
     use nix::sched::{CloneFlags, setns, unshare};
-    let own = pidfd_open(nix::unistd::getpid()).map_err(PidForkError::Fork)?;
     if PID_NAMESPACE_LOST.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(PidForkError::Fork(namespace_lost()));
     }
+    let own = pidfd_open(nix::unistd::getpid()).map_err(PidForkError::Fork)?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| PidForkError::Namespace(e.into()))?;
     let forked = fork();
     if matches!(forked, Ok(Forked::Child)) {
@@ -126,10 +126,9 @@ const SHARED_MEMORY_STACK: usize = 1 << 20;
 /// Scope: the caller must be single-threaded (the child runs with the caller's thread state,
 /// including malloc's, which only works because nothing else uses it until the child is done).
 /// `child` must end in `execve` or `_exit`; returning or panicking ends the child with status
-/// 127. What it
-/// captured is consumed by it (its destructors never run, so nothing the caller owns is freed);
-/// its allocations stay in the caller's heap. Returns the child's pid once it has exec'd or
-/// exited. Errors: `EAGAIN`, `ENOMEM` (nothing was run then).
+/// 127. What it captured is consumed by it (its destructors never run, so nothing the caller
+/// owns is freed); its allocations stay in the caller's heap. Returns the child's pid once it
+/// has exec'd or exited. Errors: `EAGAIN`, `ENOMEM` (nothing was run then).
 pub fn spawn_sharing_memory<F: FnOnce()>(child: F) -> io::Result<Pid> {
     extern "C" fn trampoline<F: FnOnce()>(slot: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `slot` is the `Option<F>` in `spawn_sharing_memory`'s frame, which stays alive
@@ -489,12 +488,7 @@ pub fn loopback_up() -> io::Result<()> {
 pub fn lowest_priority() -> io::Result<()> {
     let tid = nix::unistd::gettid().as_raw() as libc::id_t;
     // SAFETY: integer arguments only; PRIO_PROCESS with a thread id applies to that thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) };
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    checked(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) }.into()).map(drop)
 }
 
 /// Resets every catchable signal to its default action (`SIG_DFL`). A forked child inherits the
