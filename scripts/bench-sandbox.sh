@@ -49,7 +49,7 @@ hyperfine -N --style none --warmup "$WARMUP" --runs "$RUNS" --export-json "$out/
     -n aip "$AIP_BIN sandbox -- $TRUE" \
     -n bwrap "$BWRAP" >/dev/null
 
-# In-process numbers (what aipd pays per session: seccomp compiled once, no process start-up).
+# What aipd pays per session: spawned through a spawn server as aipd does, no process start-up.
 "$AIP_BIN" sandbox --timing "$RUNS" -- "$TRUE" >"$out/timing.txt"
 
 python3 - "$out/h.json" "$out/timing.txt" <<'EOF'
@@ -77,10 +77,10 @@ if bw50 > 0:
     print(f"aip overhead / bwrap overhead (p50): {aip50 / bw50:.2f}")
 print()
 timing = open(sys.argv[2]).read().strip()
-print("in-process spawn (aip sandbox --timing, as aipd pays it: no process start-up, seccomp compiled once):")
+print("spawn as aipd pays it (aip sandbox --timing: through a spawn server, no process start-up):")
 print(timing)
 import re
 m = re.search(r"setup \(spawn to exec\): p50 ([0-9.]+) ms", timing)
 if m and bw50 > 0:
-    print(f"in-process spawn-to-exec p50 / bwrap overhead p50: {float(m.group(1)) / bw50:.2f}")
+    print(f"aipd's spawn-to-exec p50 / bwrap overhead p50: {float(m.group(1)) / bw50:.2f}")
 EOF

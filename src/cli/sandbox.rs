@@ -37,7 +37,8 @@ pub struct SandboxArgs {
     pub dry_run: bool,
     /// Run the command N times in fresh sandboxes (stdin from /dev/null) and print the sandbox
     /// setup time (spawn until the command is exec'd) and the time until it exits: p50, p90, p99.
-    /// Runs as aipd does (as root, network namespaces are prepared ahead of time).
+    /// Runs as aipd does: through a spawn server (as root, network namespaces are prepared ahead
+    /// of time and sandboxes of one spec share a root template).
     #[arg(long, value_name = "N", conflicts_with_all = ["dry_run", "report"])]
     pub timing: Option<u32>,
     /// The command and its arguments.
@@ -188,13 +189,26 @@ fn print_plan(spec: &sandbox::SandboxSpec) -> anyhow::Result<()> {
 }
 
 /// `--timing N`: spawn-to-exec and spawn-to-exit latencies over N sandboxes.
-#[allow(clippy::print_stdout)]
+#[allow(clippy::print_stdout, clippy::print_stderr)]
 fn timing(spec: &sandbox::SandboxSpec, runs: u32) -> anyhow::Result<ExitCode> {
     use std::time::{Duration, Instant};
     let runs = runs.clamp(1, 100_000) as usize;
-    // As aipd runs: network namespaces made ahead of time and a shared root template, when root.
-    sandbox::prewarm_network_namespaces(2);
-    sandbox::reuse_root_templates();
+    // As aipd runs: through a spawn server forked while this process is small, which keeps
+    // network namespaces made ahead of time and a shared root template (root only); without
+    // one, forked here with the same two.
+    let root = nix::unistd::geteuid().is_root();
+    let through = match sandbox::SpawnServer::start(if root { 2 } else { 0 }) {
+        Ok(server) => {
+            sandbox::install_spawn_server(server);
+            "the spawn server (as aipd)"
+        }
+        Err(e) => {
+            eprintln!("aip: warning: no spawn server ({e}); sandboxes are forked by this process");
+            sandbox::prewarm_network_namespaces(2);
+            sandbox::reuse_root_templates();
+            "this process (no spawn server)"
+        }
+    };
     let mut setup = Vec::with_capacity(runs);
     let mut total = Vec::with_capacity(runs);
     let mut failures = 0usize;
@@ -217,7 +231,7 @@ fn timing(spec: &sandbox::SandboxSpec, runs: u32) -> anyhow::Result<ExitCode> {
         let i = ((v.len() as f64 - 1.0) * p).round() as usize;
         v[i].as_secs_f64() * 1000.0
     };
-    println!("runs: {runs} (non-zero exits: {failures})");
+    println!("runs: {runs} (non-zero exits: {failures}), spawned through {through}");
     for (name, v) in [
         ("setup (spawn to exec)", &mut setup),
         ("total (spawn to exit)", &mut total),

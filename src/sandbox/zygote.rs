@@ -109,7 +109,7 @@ impl SpawnServer {
         spec: &SandboxSpec,
         stdio: [OwnedFd; 3],
     ) -> Result<SandboxChild, SandboxError> {
-        let body = serde_json::to_vec(spec).map_err(|e| SandboxError::InvalidSpec {
+        let body = encode_request(spec).map_err(|e| SandboxError::InvalidSpec {
             field: "spec".into(),
             message: format!("cannot be encoded for the spawn server: {e}"),
         })?;
@@ -200,6 +200,70 @@ fn broken_error(source: io::Error) -> SandboxError {
     }
 }
 
+/// A request's body: `[JSON length u32 LE][the spec as JSON, each generated file's contents
+/// left out][each generated file's contents, raw, in order]`.
+///
+/// Why not the spec as JSON alone: the generated files are copies of host `/etc` files (~145
+/// KiB by default), and base64 plus JSON escaping made each request cost 0.55 ms to encode and
+/// 0.13 ms to decode, a third of a spawn. Raw, they are two copies.
+#[derive(Serialize, Deserialize)]
+struct Request<S> {
+    spec: S,
+    /// Byte length of each generated file's contents, in `spec.files` order.
+    contents: Vec<usize>,
+}
+
+fn encode_request(spec: &SandboxSpec) -> Result<Vec<u8>, serde_json::Error> {
+    let mut light = spec.clone();
+    let contents: Vec<Vec<u8>> = light
+        .files
+        .iter_mut()
+        .map(|f| std::mem::take(&mut f.contents))
+        .collect();
+    let json = serde_json::to_vec(&Request {
+        spec: &light,
+        contents: contents.iter().map(Vec::len).collect(),
+    })?;
+    let total = contents.iter().map(Vec::len).sum::<usize>();
+    let mut body = Vec::with_capacity(4 + json.len() + total);
+    body.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    body.extend_from_slice(&json);
+    for c in &contents {
+        body.extend_from_slice(c);
+    }
+    Ok(body)
+}
+
+/// The other side of [`encode_request`]. Strict: the lengths must account for every byte and
+/// match the files one to one, and no file may carry contents inside the JSON.
+fn decode_request(body: &[u8]) -> Result<SandboxSpec, String> {
+    let (len, rest) = body
+        .split_first_chunk::<4>()
+        .ok_or("shorter than its length prefix")?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err("JSON length past the end".into());
+    }
+    let (json, mut raw) = rest.split_at(len);
+    let Request::<SandboxSpec> { mut spec, contents } =
+        serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if contents.len() != spec.files.len() {
+        return Err("content lengths do not match the generated files".into());
+    }
+    for (file, n) in spec.files.iter_mut().zip(contents) {
+        if !file.contents.is_empty() || n > raw.len() {
+            return Err("generated file contents do not match their lengths".into());
+        }
+        let (mine, next) = raw.split_at(n);
+        file.contents = mine.to_vec();
+        raw = next;
+    }
+    if !raw.is_empty() {
+        return Err("bytes left over after the generated files".into());
+    }
+    Ok(spec)
+}
+
 #[derive(Serialize, Deserialize)]
 enum Reply {
     Started {
@@ -278,7 +342,7 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
 /// One request: the spec and exactly three stdio descriptors.
 fn handle(body: &[u8], fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
     let failed = |e: SandboxError| (Reply::Failed(e), Vec::new());
-    let spec: SandboxSpec = match serde_json::from_slice(body) {
+    let spec = match decode_request(body) {
         Ok(s) => s,
         Err(e) => return failed(SandboxError::Died(format!("bad request: {e}"))),
     };
@@ -354,9 +418,13 @@ fn send_message(sock: &UnixStream, body: &[u8], fds: &[RawFd]) -> io::Result<()>
         MsgFlags::MSG_NOSIGNAL,
         None,
     )?;
-    let mut rest = [&header[..], body].concat();
-    rest.drain(..sent.min(rest.len()));
-    (&*sock).write_all(&rest)
+    let (header_left, body_left) = if sent < header.len() {
+        (&header[sent..], body)
+    } else {
+        (&header[..0], &body[(sent - header.len()).min(body.len())..])
+    };
+    (&*sock).write_all(header_left)?;
+    (&*sock).write_all(body_left)
 }
 
 /// The other side of [`send_message`]; `None` at end-of-file.
@@ -429,6 +497,68 @@ mod tests {
             let back: SandboxError = serde_json::from_slice(&wire).unwrap();
             assert_eq!(back.to_string(), text);
             assert_eq!(back.layer(), layer);
+        }
+    }
+
+    fn spec_with_files() -> SandboxSpec {
+        let mut spec = crate::sandbox::spec::tests::minimal();
+        spec.files = ["passwd", "empty", "ld.so.cache"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| crate::sandbox::spec::GeneratedFile {
+                path: PathBuf::from("/etc").join(name),
+                // Every byte value, so nothing depends on the contents being text.
+                contents: (0..i * 300).map(|b| b as u8).collect(),
+                mode: 0o644,
+            })
+            .collect();
+        spec
+    }
+
+    #[test]
+    fn requests_carry_generated_files_raw_and_decode_to_the_same_spec() {
+        let spec = spec_with_files();
+        let body = encode_request(&spec).unwrap();
+        let json_len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
+        assert_eq!(body.len(), 4 + json_len + 900, "contents travel raw, once");
+        assert_eq!(decode_request(&body).unwrap(), spec);
+    }
+
+    #[test]
+    fn requests_whose_lengths_do_not_add_up_are_refused() {
+        let spec = spec_with_files();
+        let body = encode_request(&spec).unwrap();
+        let json_len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
+        let json = &body[4..4 + json_len];
+        let raw = &body[4 + json_len..];
+        let reframe = |json: &[u8], raw: &[u8]| {
+            let mut b = (json.len() as u32).to_le_bytes().to_vec();
+            b.extend_from_slice(json);
+            b.extend_from_slice(raw);
+            b
+        };
+        let mut value: serde_json::Value = serde_json::from_slice(json).unwrap();
+        let cases = [
+            ("truncated", body[..body.len() - 1].to_vec()),
+            ("trailing byte", [&body[..], &[0]].concat()),
+            ("no prefix", body[..3].to_vec()),
+            ("JSON length past the end", {
+                let mut b = body.clone();
+                b[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+                b
+            }),
+            ("one length missing", {
+                value["contents"].as_array_mut().unwrap().pop();
+                reframe(&serde_json::to_vec(&value).unwrap(), raw)
+            }),
+            ("contents inside the JSON as well", {
+                let mut v: serde_json::Value = serde_json::from_slice(json).unwrap();
+                v["spec"]["files"][0]["contents"] = "eA==".into();
+                reframe(&serde_json::to_vec(&v).unwrap(), raw)
+            }),
+        ];
+        for (what, bad) in cases {
+            assert!(decode_request(&bad).is_err(), "{what} was accepted");
         }
     }
 
