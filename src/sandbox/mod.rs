@@ -114,10 +114,10 @@ pub fn spawn(spec: &SandboxSpec, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sa
     if spec.enabled
         && let Some(server) = zygote::installed()
     {
-        // On the spawner thread like an in-process spawn: the request's buffers then come and go
-        // in one thread's malloc arena instead of every session thread's.
-        let spec = spec.clone();
-        return supervise::run_on_spawner(move || server.spawn(&spec, stdio))?;
+        // From the calling thread: a detour through the spawner thread cost two more thread
+        // wake-ups per spawn, and a request allocates only its few KiB of JSON here (the
+        // generated files are sent from `spec` as they are).
+        return server.spawn(spec, stdio);
     }
     let prepared = prepare::prepare(spec)?;
     supervise::on_spawner_thread(prepared, stdio)

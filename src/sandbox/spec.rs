@@ -216,6 +216,57 @@ impl std::fmt::Display for Layer {
 }
 
 impl SandboxSpec {
+    /// A copy whose generated files have empty contents (the spawn server's requests carry the
+    /// contents apart from the JSON), without copying the contents. Every field is named so a
+    /// new one cannot be forgotten here.
+    pub(crate) fn without_file_contents(&self) -> SandboxSpec {
+        let SandboxSpec {
+            enabled,
+            argv,
+            executable,
+            cwd,
+            env,
+            mounts,
+            files,
+            symlinks,
+            root_size,
+            net,
+            resources,
+            seccomp,
+            landlock,
+            user,
+            hostname,
+            allow_degraded,
+            hidden,
+        } = self;
+        SandboxSpec {
+            enabled: *enabled,
+            argv: argv.clone(),
+            executable: executable.clone(),
+            cwd: cwd.clone(),
+            env: env.clone(),
+            mounts: mounts.clone(),
+            files: files
+                .iter()
+                .map(|f| GeneratedFile {
+                    path: f.path.clone(),
+                    contents: Vec::new(),
+                    mode: f.mode,
+                })
+                .collect(),
+            symlinks: symlinks.clone(),
+            root_size: *root_size,
+            net: net.clone(),
+            resources: resources.clone(),
+            seccomp: *seccomp,
+            landlock: landlock.clone(),
+            user: user.clone(),
+            hostname: hostname.clone(),
+            allow_degraded: allow_degraded.clone(),
+            hidden: hidden.clone(),
+        }
+    }
+
     /// Checks the invariants `spawn` relies on. Pure: no file system access.
     pub fn validate(&self) -> Result<(), SandboxError> {
         let invalid = |field: &str, message: String| SandboxError::InvalidSpec {
