@@ -94,8 +94,8 @@ pub enum Access {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GeneratedFile {
     pub path: PathBuf,
-    /// Base64 when serialized: copies of `/etc` files run to hundreds of KiB, and a JSON array
-    /// of numbers would make every spawn through the spawn server parse four times that.
+    /// Base64 when serialized (copies of `/etc` files run to hundreds of KiB; a JSON array of
+    /// numbers would be four times that). Requests to the spawn server carry them raw instead.
     #[serde(with = "base64_bytes")]
     pub contents: Vec<u8>,
     pub mode: u32,

@@ -9,10 +9,11 @@
 //! spawn costs the same with 500 sessions open as with none, and reapers share nearly all pages.
 //!
 //! Shape: aipd forks the server once (on the sandbox spawner thread, so the server's
-//! parent-death signal fires only when aipd dies). Each request is the [`SandboxSpec`] as JSON
-//! plus the three stdio descriptors (`SCM_RIGHTS`); the server runs the same `prepare` and
-//! `launch` as an in-process spawn and answers with the reaper's pid, pidfd, control socket,
-//! listener descriptors, layer report and cgroup, or the error. The client turns that into a
+//! parent-death signal fires only when aipd dies). Each request is the [`SandboxSpec`] (JSON,
+//! its generated files' contents raw after it) plus the three stdio descriptors
+//! (`SCM_RIGHTS`); the server runs the same `prepare` and `launch` as an in-process spawn and
+//! answers with the reaper's pid, pidfd, control socket, listener descriptors, layer report and
+//! cgroup, or the error. The client turns that into a
 //! [`SandboxChild`] that observes the reaper through its pidfd (it is the server's child, not
 //! aipd's); the server reaps it. Requests are served one at a time, as the spawner thread does.
 //!
