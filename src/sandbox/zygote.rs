@@ -308,9 +308,13 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
     if prewarm_netns > 0 {
         super::netpool::enable(prewarm_netns);
     }
-    // Reused: a request is ~150 KiB, which malloc would otherwise map and unmap each time.
+    // Reused: a request is ~150 KiB, which malloc would otherwise map and unmap each time. Not
+    // kept past 1 MiB: every fork of this process copies the page tables of what it holds.
     let mut body = Vec::new();
     loop {
+        if body.capacity() > 1 << 20 {
+            body = Vec::new();
+        }
         reap_children();
         match wait_readable(&sock) {
             Ok(false) => continue,
