@@ -197,15 +197,10 @@ fn timing(spec: &sandbox::SandboxSpec, runs: u32) -> anyhow::Result<ExitCode> {
     // network namespaces made ahead of time and a shared root template (root only); without
     // one, forked here with the same two.
     let root = nix::unistd::geteuid().is_root();
-    let through = match sandbox::SpawnServer::start(if root { 2 } else { 0 }) {
-        Ok(server) => {
-            sandbox::install_spawn_server(server);
-            "the spawn server (as aipd)"
-        }
+    let through = match sandbox::use_spawn_server(if root { 2 } else { 0 }) {
+        Ok(_) => "the spawn server (as aipd)",
         Err(e) => {
             eprintln!("aip: warning: no spawn server ({e}); sandboxes are forked by this process");
-            sandbox::prewarm_network_namespaces(2);
-            sandbox::reuse_root_templates();
             "this process (no spawn server)"
         }
     };

@@ -523,17 +523,10 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     } else {
         0
     };
-    match crate::sandbox::SpawnServer::start(prewarm) {
-        Ok(server) => {
-            tracing::debug!(pid = server.pid(), "sandbox spawn server started");
-            crate::sandbox::install_spawn_server(server);
-        }
+    match crate::sandbox::use_spawn_server(prewarm) {
+        Ok(pid) => tracing::debug!(pid, "sandbox spawn server started"),
         Err(e) => {
             tracing::warn!(error = %e, "no sandbox spawn server; aipd forks sandboxes itself (slower with many sessions)");
-            crate::sandbox::reuse_root_templates();
-            if prewarm > 0 {
-                crate::sandbox::prewarm_network_namespaces(prewarm);
-            }
         }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -15,7 +15,7 @@
 //!    malloc keeps working in the child of our multi-threaded process, and the parent-death
 //!    signal (tied to the forking *thread*) only fires when the supervisor process dies. Its
 //!    capability bounding set is emptied once (root), so its children inherit an empty one.
-//!    A long-lived supervisor with many sessions (aipd) installs a [`SpawnServer`] instead: a
+//!    A long-lived supervisor with many sessions (aipd) calls [`use_spawn_server`] instead: a
 //!    small process forked at its start that runs steps 1 and 2 on its behalf, because a fork's
 //!    cost grows with the forking process's memory (`zygote`).
 //! 3. **Namespaces** (`setup::init`, `setup::isolate`): as root the spawner thread unshares the
@@ -87,7 +87,7 @@ pub use spec::{
     Access, CpuLimit, GeneratedFile, LandlockSpec, Layer, Limit, Mount, MountKind, Resources,
     SandboxSpec, SeccompProfile, Symlink, User,
 };
-pub use zygote::{SpawnServer, install as install_spawn_server};
+pub use zygote::SpawnServer;
 
 /// Keeps up to `size` fresh network namespaces ready so spawns skip creating one (about a
 /// millisecond). For long-lived root supervisors (aipd); returns `false`, changing nothing, when
@@ -100,16 +100,39 @@ pub fn prewarm_network_namespaces(size: usize) -> bool {
 /// the first spawn and cloned by the next ones (see `docs/sandbox.md`, Filesystem). For
 /// long-lived supervisors that start many sandboxes of one spec (aipd's spawn server does it
 /// itself); a one-shot run would only pay for the template.
-pub fn reuse_root_templates() {
+fn reuse_root_templates() {
     mounts::Template::enable();
+}
+
+/// Sets this process up to start many sandboxes, as aipd does: a spawn server forked now
+/// (call it while the process is small: each sandbox's fork copies what the server holds) forks
+/// them from here on, keeping `prewarm` network namespaces ready (root only; 0 for none) and a
+/// root template per spec. Returns the server's pid, or why there is none: this process then
+/// forks sandboxes itself, with the same namespace pool and templates.
+pub fn use_spawn_server(prewarm: usize) -> Result<u32, SandboxError> {
+    match SpawnServer::start(prewarm) {
+        Ok(server) => {
+            let pid = server.pid();
+            zygote::install(server);
+            Ok(pid)
+        }
+        Err(e) => {
+            reuse_root_templates();
+            if prewarm > 0 {
+                prewarm_network_namespaces(prewarm);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Starts the command of `spec` in a new sandbox (through the spawn server when one is installed,
 /// see [`SpawnServer`]) with `stdio` as its stdin, stdout and stderr.
 ///
 /// Blocks until the server has been exec'd (two to three milliseconds) or a layer failed; the
-/// error then names the layer and the rule. May be called from any thread, including async runtimes'
-/// worker threads (the fork itself happens on a dedicated spawner thread).
+/// error then names the layer and the rule. May be called from any thread, including async
+/// runtimes' worker threads (the fork itself happens in the spawn server or on a dedicated
+/// spawner thread).
 pub fn spawn(spec: &SandboxSpec, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
     if spec.enabled
         && let Some(server) = zygote::installed()

@@ -646,11 +646,15 @@ fn sandboxes_sharing_a_root_template_each_get_the_read_only_root_and_their_own_t
         "read:/etc/shadow",
         "inode:/etc/passwd",
     ];
-    // `--timing` spawns from one process, as aipd does: the first sandbox makes the template.
+    // `--timing` spawns through a spawn server, as aipd does: its first sandbox makes the
+    // template. The server gets each spec with its generated files after the JSON, raw.
     let (results, output) = probe_with(&["--timing", "3"], &checks);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout.contains("runs: 3 (non-zero exits: 0)"), "{stdout}");
+    assert!(
+        stdout.contains("runs: 3 (non-zero exits: 0), spawned through the spawn server"),
+        "{stdout}"
+    );
     assert_eq!(results.len(), 3 * checks.len(), "{stdout}");
     for run in results.chunks(checks.len()) {
         // Nothing of an earlier sandbox's /tmp is left.
