@@ -188,7 +188,7 @@ impl EgressPlan {
         ] {
             spec.files.push(GeneratedFile {
                 path: path.into(),
-                contents: contents.into_bytes(),
+                contents: contents.into_bytes().into(),
                 mode: 0o644,
             });
         }

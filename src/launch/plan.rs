@@ -473,7 +473,7 @@ pub fn plan(input: &PlanInput<'_>, fs: &dyn HostFs) -> Result<Plan, PlanError> {
         match fs.read_head(&source, COPY_LIMIT + 1) {
             Ok(contents) if contents.len() <= COPY_LIMIT => copies.push(GeneratedFile {
                 path: path.into(),
-                contents,
+                contents: contents.into(),
                 mode: 0o644,
             }),
             _ => mounts.push(Mount {
@@ -494,29 +494,29 @@ pub fn plan(input: &PlanInput<'_>, fs: &dyn HostFs) -> Result<Plan, PlanError> {
     files.extend([
         GeneratedFile {
             path: "/etc/passwd".into(),
-            contents: passwd(name, &user).into_bytes(),
+            contents: passwd(name, &user).into_bytes().into(),
             mode: 0o644,
         },
         GeneratedFile {
             path: "/etc/group".into(),
-            contents: group(name, &user).into_bytes(),
+            contents: group(name, &user).into_bytes().into(),
             mode: 0o644,
         },
         GeneratedFile {
             path: "/etc/hostname".into(),
-            contents: format!("{HOSTNAME}\n").into_bytes(),
+            contents: format!("{HOSTNAME}\n").into_bytes().into(),
             mode: 0o644,
         },
     ]);
     if network != Network::Host {
         files.push(GeneratedFile {
             path: "/etc/hosts".into(),
-            contents: hosts().into_bytes(),
+            contents: hosts().into_bytes().into(),
             mode: 0o644,
         });
         files.push(GeneratedFile {
             path: "/etc/resolv.conf".into(),
-            contents: b"# aip sandbox: name resolution goes through the supervisor (or nowhere)\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n".to_vec(),
+            contents: b"# aip sandbox: name resolution goes through the supervisor (or nowhere)\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n"[..].into(),
             mode: 0o644,
         });
     }

@@ -540,7 +540,7 @@ fn host_network_copies_the_real_resolver_and_warns() {
         .filter(|f| f.path == Path::new("/etc/resolv.conf"))
         .collect();
     assert_eq!(resolv.len(), 1);
-    assert_eq!(resolv[0].contents, b"nameserver 127.0.0.53\n");
+    assert_eq!(&resolv[0].contents[..], b"nameserver 127.0.0.53\n");
     assert!(plan.notes.iter().any(|n| n.level == NoteLevel::Warn));
 }
 

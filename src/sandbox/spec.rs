@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,8 +97,10 @@ pub struct GeneratedFile {
     pub path: PathBuf,
     /// Base64 when serialized (copies of `/etc` files run to hundreds of KiB; a JSON array of
     /// numbers would be four times that). Requests to the spawn server carry them raw instead.
+    /// Shared: every clone of a spec (the spawn server's cache, a root template) holds the same
+    /// bytes instead of a copy, and equal `Arc`s compare without reading them.
     #[serde(with = "base64_bytes")]
-    pub contents: Vec<u8>,
+    pub contents: Arc<[u8]>,
     pub mode: u32,
 }
 
@@ -250,7 +253,7 @@ impl SandboxSpec {
                 .iter()
                 .map(|f| GeneratedFile {
                     path: f.path.clone(),
-                    contents: Vec::new(),
+                    contents: Arc::from([]),
                     mode: f.mode,
                 })
                 .collect(),
@@ -396,15 +399,17 @@ mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
+    use std::sync::Arc;
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         STANDARD
             .decode(text.as_bytes())
+            .map(Arc::from)
             .map_err(serde::de::Error::custom)
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Shape: aipd forks the server once (on the sandbox spawner thread, so the server's
 //! parent-death signal fires only when aipd dies). Each request is the [`SandboxSpec`] (JSON,
-//! its generated files' contents raw after it) plus the three stdio descriptors
+//! its generated files' contents raw after it, except those the server holds from the previous
+//! request with the same bytes) plus the three stdio descriptors
 //! (`SCM_RIGHTS`); the server runs the same `prepare` and `launch` as an in-process spawn and
 //! answers with the reaper's pid, pidfd, control socket, listener descriptors, layer report and
 //! cgroup, or the error. The client turns that into a
@@ -23,11 +24,12 @@
 //! If the server breaks (dies, answers garbage, times out), the request fails, the error is
 //! logged once, and later spawns fork in-process again: slower, never weaker.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -54,9 +56,20 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 /// The supervisor's handle on a running spawn server.
 pub struct SpawnServer {
     /// `None` once the server broke; spawns then fork in-process.
-    sock: Mutex<Option<UnixStream>>,
+    conn: Mutex<Option<Conn>>,
     pid: Pid,
 }
+
+/// The client's end of the server's socket, and what the server holds from the last request.
+struct Conn {
+    sock: UnixStream,
+    /// The generated files of the last request sent, by path: the server keeps the same map
+    /// (see [`Request::reused`]).
+    sent: Files,
+}
+
+/// Generated files' contents by path, as both sides keep the last request's.
+type Files = HashMap<PathBuf, Arc<[u8]>>;
 
 static INSTALLED: OnceLock<SpawnServer> = OnceLock::new();
 
@@ -90,7 +103,10 @@ impl SpawnServer {
         ours.set_read_timeout(Some(REPLY_TIMEOUT))
             .map_err(SandboxError::supervisor("spawn server socket timeout"))?;
         Ok(SpawnServer {
-            sock: Mutex::new(Some(ours)),
+            conn: Mutex::new(Some(Conn {
+                sock: ours,
+                sent: Files::new(),
+            })),
             pid,
         })
     }
@@ -101,7 +117,7 @@ impl SpawnServer {
     }
 
     fn healthy(&self) -> bool {
-        self.sock.lock().is_ok_and(|s| s.is_some())
+        self.conn.lock().is_ok_and(|s| s.is_some())
     }
 
     /// Starts `spec` through the server; the same contract as [`super::spawn`].
@@ -110,25 +126,34 @@ impl SpawnServer {
         spec: &SandboxSpec,
         stdio: [OwnedFd; 3],
     ) -> Result<SandboxChild, SandboxError> {
-        let light = encode_request(spec).map_err(|e| SandboxError::InvalidSpec {
+        let mut guard = self.conn.lock().map_err(|_| SandboxError::Supervisor {
+            step: "spawn server lock".into(),
+            source: io::Error::other("poisoned"),
+        })?;
+        let Some(conn) = guard.as_mut() else {
+            return Err(broken_error(io::Error::other("it stopped earlier")));
+        };
+        let reused = reusable(spec, &conn.sent);
+        let light = encode_request(spec, &reused).map_err(|e| SandboxError::InvalidSpec {
             field: "spec".into(),
             message: format!("cannot be encoded for the spawn server: {e}"),
         })?;
         let body: Vec<&[u8]> = std::iter::once(&light[..])
-            .chain(spec.files.iter().map(|f| &f.contents[..]))
+            .chain(
+                spec.files
+                    .iter()
+                    .zip(&reused)
+                    .filter(|(_, reused)| !**reused)
+                    .map(|(f, _)| &f.contents[..]),
+            )
             .collect();
-        let mut guard = self.sock.lock().map_err(|_| SandboxError::Supervisor {
-            step: "spawn server lock".into(),
-            source: io::Error::other("poisoned"),
-        })?;
-        let Some(sock) = guard.as_ref() else {
-            return Err(broken_error(io::Error::other("it stopped earlier")));
-        };
         let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
         let mut buf = Vec::new();
-        let exchange = send_message(sock, &body, &raw).and_then(|()| {
+        let exchange = send_message(&conn.sock, &body, &raw).and_then(|()| {
+            // Sent whole: the server holds these now (or, failing to decode them, exits).
+            conn.sent = files_by_path(spec);
             drop(stdio);
-            recv_message(sock, &mut buf)?.ok_or_else(|| io::Error::other("it exited"))
+            recv_message(&conn.sock, &mut buf)?.ok_or_else(|| io::Error::other("it exited"))
         });
         let (reply, fds) = match exchange.and_then(|fds| {
             let reply = serde_json::from_slice::<Reply>(&buf)
@@ -139,8 +164,8 @@ impl SpawnServer {
             Err(e) => {
                 // A desynchronized or dead server cannot be trusted with the next request.
                 tracing::error!(error = %e, "sandbox spawn server failed; sandboxes are forked by this process from now on");
-                if let Some(sock) = guard.take() {
-                    let _ = sock.shutdown(std::net::Shutdown::Both);
+                if let Some(conn) = guard.take() {
+                    let _ = conn.sock.shutdown(std::net::Shutdown::Both);
                 }
                 let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
                 return Err(broken_error(e));
@@ -188,10 +213,10 @@ impl SpawnServer {
 
 impl Drop for SpawnServer {
     fn drop(&mut self) {
-        if let Ok(mut sock) = self.sock.lock()
-            && let Some(sock) = sock.take()
+        if let Ok(mut conn) = self.conn.lock()
+            && let Some(conn) = conn.take()
         {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
+            let _ = conn.sock.shutdown(std::net::Shutdown::Both);
         }
         // It exits at end-of-file; reaping it keeps no zombie behind.
         let _ = waitpid(self.pid, None);
@@ -206,21 +231,46 @@ fn broken_error(source: io::Error) -> SandboxError {
 }
 
 /// A request's body: `[JSON length u32 LE][the spec as JSON, each generated file's contents
-/// left out][each generated file's contents, raw, in order]`.
+/// left out][the contents of each generated file not reused, raw, in order]`.
 ///
 /// Why not the spec as JSON alone: the generated files are copies of host `/etc` files (~145
 /// KiB by default), and base64 plus JSON escaping made each request cost 0.55 ms to encode and
 /// 0.13 ms to decode, a third of a spawn. Raw, they go from the spec to the socket with no copy
-/// on this side and are read into one reused buffer on the server's.
+/// on this side. Why reuse: sending, copying and freeing them still cost ~0.2 ms a spawn, and
+/// they rarely change between two sessions (only `/etc/passwd` and `/etc/group` do, when each
+/// session has its own uid).
 #[derive(Serialize, Deserialize)]
 struct Request<S> {
     spec: S,
     /// Byte length of each generated file's contents, in `spec.files` order.
     contents: Vec<usize>,
+    /// Files (indices into `spec.files`, ascending) whose contents are not in this request: the
+    /// same bytes as the previous request's file at the same path. The client decides by
+    /// comparing the bytes; the server checks the length.
+    reused: Vec<usize>,
 }
 
-/// The length prefix and the JSON part of `spec`'s request; its files' contents follow it.
-fn encode_request(spec: &SandboxSpec) -> Result<Vec<u8>, serde_json::Error> {
+/// Which of `spec`'s files the server holds already, as `sent` (the last request's files) says.
+fn reusable(spec: &SandboxSpec, sent: &Files) -> Vec<bool> {
+    spec.files
+        .iter()
+        .map(|f| {
+            sent.get(&f.path)
+                .is_some_and(|c| Arc::ptr_eq(c, &f.contents) || **c == *f.contents)
+        })
+        .collect()
+}
+
+fn files_by_path(spec: &SandboxSpec) -> Files {
+    spec.files
+        .iter()
+        .map(|f| (f.path.clone(), Arc::clone(&f.contents)))
+        .collect()
+}
+
+/// The length prefix and the JSON part of `spec`'s request; the contents of its files not
+/// `reused` follow it.
+fn encode_request(spec: &SandboxSpec, reused: &[bool]) -> Result<Vec<u8>, serde_json::Error> {
     let light = spec.without_file_contents();
     let mut out = vec![0u8; 4];
     serde_json::to_writer(
@@ -228,6 +278,7 @@ fn encode_request(spec: &SandboxSpec) -> Result<Vec<u8>, serde_json::Error> {
         &Request {
             spec: &light,
             contents: spec.files.iter().map(|f| f.contents.len()).collect(),
+            reused: (0..spec.files.len()).filter(|&i| reused[i]).collect(),
         },
     )?;
     let len = (out.len() - 4) as u32;
@@ -235,9 +286,10 @@ fn encode_request(spec: &SandboxSpec) -> Result<Vec<u8>, serde_json::Error> {
     Ok(out)
 }
 
-/// The other side of [`encode_request`]. Strict: the lengths must account for every byte and
-/// match the files one to one, and no file may carry contents inside the JSON.
-fn decode_request(body: &[u8]) -> Result<SandboxSpec, String> {
+/// The other side of [`encode_request`], with `held` the previous request's files. Strict: the
+/// lengths must account for every byte and match the files one to one, a reused file must be
+/// held with that length, and no file may carry contents inside the JSON.
+fn decode_request(body: &[u8], held: &Files) -> Result<SandboxSpec, String> {
     let (len, rest) = body
         .split_first_chunk::<4>()
         .ok_or("shorter than its length prefix")?;
@@ -246,17 +298,34 @@ fn decode_request(body: &[u8]) -> Result<SandboxSpec, String> {
         return Err("JSON length past the end".into());
     }
     let (json, mut raw) = rest.split_at(len);
-    let Request::<SandboxSpec> { mut spec, contents } =
-        serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let Request::<SandboxSpec> {
+        mut spec,
+        contents,
+        reused,
+    } = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     if contents.len() != spec.files.len() {
         return Err("content lengths do not match the generated files".into());
     }
-    for (file, n) in spec.files.iter_mut().zip(contents) {
-        if !file.contents.is_empty() || n > raw.len() {
+    if !reused.is_sorted_by(|a, b| a < b) || reused.last().is_some_and(|&i| i >= contents.len()) {
+        return Err("reused files out of order or out of range".into());
+    }
+    let mut reused = reused.into_iter().peekable();
+    for (i, (file, n)) in spec.files.iter_mut().zip(contents).enumerate() {
+        if !file.contents.is_empty() {
+            return Err("generated file contents inside the JSON".into());
+        }
+        if reused.next_if_eq(&i).is_some() {
+            match held.get(&file.path) {
+                Some(c) if c.len() == n => file.contents = Arc::clone(c),
+                _ => return Err(format!("{} is not held as reused", file.path.display())),
+            }
+            continue;
+        }
+        if n > raw.len() {
             return Err("generated file contents do not match their lengths".into());
         }
         let (mine, next) = raw.split_at(n);
-        file.contents = mine.to_vec();
+        file.contents = Arc::from(mine);
         raw = next;
     }
     if !raw.is_empty() {
@@ -311,6 +380,8 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
     // Reused: a request is ~150 KiB, which malloc would otherwise map and unmap each time. Not
     // kept past 1 MiB: every fork of this process copies the page tables of what it holds.
     let mut body = Vec::new();
+    // The last request's files, which the next may reuse.
+    let mut held = Files::new();
     loop {
         if body.capacity() > 1 << 20 {
             body = Vec::new();
@@ -323,8 +394,20 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
         }
         match recv_message(&sock, &mut body) {
             Ok(Some(fds)) => {
-                let (reply, fds) =
-                    std::panic::catch_unwind(|| handle(&body, fds)).unwrap_or_else(|_| {
+                let spec = match decode_request(&body, &held) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        // The client's idea of what is held here may now be wrong: answer,
+                        // then stop, so that it forks its sandboxes itself from now on.
+                        let reply = Reply::Failed(SandboxError::Died(format!("bad request: {e}")));
+                        let encoded = serde_json::to_vec(&reply).unwrap_or_default();
+                        let _ = send_message(&sock, &[&encoded], &[]);
+                        sys::exit_now(1);
+                    }
+                };
+                held = files_by_path(&spec);
+                let (reply, fds) = std::panic::catch_unwind(move || handle(spec, fds))
+                    .unwrap_or_else(|_| {
                         (
                             Reply::Failed(SandboxError::Died("the spawn server panicked".into())),
                             Vec::new(),
@@ -347,12 +430,8 @@ fn serve(sock: UnixStream, parent: Pid, prewarm_netns: usize) -> ! {
 }
 
 /// One request: the spec and exactly three stdio descriptors.
-fn handle(body: &[u8], fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+fn handle(spec: SandboxSpec, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
     let failed = |e: SandboxError| (Reply::Failed(e), Vec::new());
-    let spec = match decode_request(body) {
-        Ok(s) => s,
-        Err(e) => return failed(SandboxError::Died(format!("bad request: {e}"))),
-    };
     let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
         return failed(SandboxError::Died(
             "bad request: not three stdio fds".into(),
@@ -517,29 +596,109 @@ mod tests {
             .map(|(i, name)| crate::sandbox::spec::GeneratedFile {
                 path: PathBuf::from("/etc").join(name),
                 // Every byte value, so nothing depends on the contents being text.
-                contents: (0..i * 300).map(|b| b as u8).collect(),
+                contents: (0..i * 300).map(|b| b as u8).collect::<Vec<u8>>().into(),
                 mode: 0o644,
             })
             .collect();
         spec
     }
 
-    /// The body as the client sends it, joined.
-    fn request_body(spec: &SandboxSpec) -> Vec<u8> {
-        let mut body = encode_request(spec).unwrap();
-        for f in &spec.files {
-            body.extend_from_slice(&f.contents);
+    /// The body as the client sends it after `sent`, joined.
+    fn request_body_after(spec: &SandboxSpec, sent: &Files) -> Vec<u8> {
+        let reused = reusable(spec, sent);
+        let mut body = encode_request(spec, &reused).unwrap();
+        for (f, reused) in spec.files.iter().zip(reused) {
+            if !reused {
+                body.extend_from_slice(&f.contents);
+            }
         }
         body
+    }
+
+    fn request_body(spec: &SandboxSpec) -> Vec<u8> {
+        request_body_after(spec, &Files::new())
+    }
+
+    fn json_len(body: &[u8]) -> usize {
+        u32::from_le_bytes(body[..4].try_into().unwrap()) as usize
     }
 
     #[test]
     fn requests_carry_generated_files_raw_and_decode_to_the_same_spec() {
         let spec = spec_with_files();
         let body = request_body(&spec);
-        let json_len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
-        assert_eq!(body.len(), 4 + json_len + 900, "contents travel raw, once");
-        assert_eq!(decode_request(&body).unwrap(), spec);
+        assert_eq!(
+            body.len(),
+            4 + json_len(&body) + 900,
+            "contents travel raw, once"
+        );
+        assert_eq!(decode_request(&body, &Files::new()).unwrap(), spec);
+    }
+
+    #[test]
+    fn unchanged_files_are_not_sent_again_and_decode_to_what_the_server_holds() {
+        let first = spec_with_files();
+        let held = files_by_path(&first);
+        // Equal bytes in another buffer (a new plan of the same host files) are reused too.
+        let mut next = first.clone();
+        next.files[2].contents = Arc::from(next.files[2].contents.to_vec());
+        next.files[1].contents = Arc::from(vec![b'x'; 300]);
+        assert_eq!(reusable(&next, &held), [true, false, true]);
+        let body = request_body_after(&next, &held);
+        assert_eq!(
+            body.len(),
+            4 + json_len(&body) + 300,
+            "only the changed file travels"
+        );
+        let decoded = decode_request(&body, &held).unwrap();
+        assert_eq!(decoded, next);
+        assert!(Arc::ptr_eq(
+            &decoded.files[2].contents,
+            &held[&next.files[2].path]
+        ));
+        // A file at a new path is sent even when its bytes are known under another.
+        let mut moved = first.clone();
+        moved.files[2].path = "/etc/elsewhere".into();
+        assert_eq!(reusable(&moved, &held), [true, true, false]);
+    }
+
+    #[test]
+    fn reuse_the_server_cannot_honour_is_refused() {
+        let first = spec_with_files();
+        let held = files_by_path(&first);
+        let body = request_body_after(&first, &held);
+        assert_eq!(body.len(), 4 + json_len(&body), "everything reused");
+        assert!(decode_request(&body, &Files::new()).is_err(), "not held");
+        let mut other = held.clone();
+        other.insert("/etc/ld.so.cache".into(), Arc::from(vec![0u8; 599]));
+        assert!(
+            decode_request(&body, &other).is_err(),
+            "held with another length"
+        );
+        let json = &body[4..];
+        let mut value: serde_json::Value = serde_json::from_slice(json).unwrap();
+        let reframe = |v: &serde_json::Value| {
+            let json = serde_json::to_vec(v).unwrap();
+            let mut b = (json.len() as u32).to_le_bytes().to_vec();
+            b.extend_from_slice(&json);
+            b
+        };
+        for (what, reused) in [
+            ("out of order", serde_json::json!([2, 1, 0])),
+            ("twice", serde_json::json!([0, 1, 1, 2])),
+            ("out of range", serde_json::json!([0, 1, 2, 3])),
+        ] {
+            value["reused"] = reused;
+            assert!(decode_request(&reframe(&value), &held).is_err(), "{what}");
+        }
+        value["reused"] = serde_json::json!([0, 1, 2]);
+        assert_eq!(decode_request(&reframe(&value), &held).unwrap(), first);
+        let mut with_bytes = reframe(&value);
+        with_bytes.extend_from_slice(&first.files[2].contents);
+        assert!(
+            decode_request(&with_bytes, &held).is_err(),
+            "contents sent as well as reused"
+        );
     }
 
     #[test]
@@ -547,7 +706,7 @@ mod tests {
         let spec = spec_with_files();
         let mut expected = spec.clone();
         for f in &mut expected.files {
-            f.contents.clear();
+            f.contents = Arc::from([]);
         }
         assert_eq!(spec.without_file_contents(), expected);
     }
@@ -586,7 +745,10 @@ mod tests {
             }),
         ];
         for (what, bad) in cases {
-            assert!(decode_request(&bad).is_err(), "{what} was accepted");
+            assert!(
+                decode_request(&bad, &Files::new()).is_err(),
+                "{what} was accepted"
+            );
         }
     }
 

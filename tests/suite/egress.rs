@@ -1482,7 +1482,7 @@ fn run_sandboxed(world: &World, cfg: &EgressConfig, argv: &[&str]) -> SandboxRun
     eplan.apply(&mut spec).unwrap();
     spec.files.push(GeneratedFile {
         path: "/etc/aip-test-ca.pem".into(),
-        contents: std::fs::read(world.cert()).unwrap(),
+        contents: std::fs::read(world.cert()).unwrap().into(),
         mode: 0o644,
     });
     for k in ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"] {

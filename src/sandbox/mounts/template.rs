@@ -118,7 +118,10 @@ impl Template {
             && self.files.iter().zip(&spec.files).all(|(a, b)| same_shape(a, b))
             // Small files first: specs that differ (by a session uid in /etc/passwd) differ there,
             // and the large copies of host files are then not compared at all.
-            && self.by_size.iter().all(|&i| self.files[i].contents == spec.files[i].contents)
+            && self.by_size.iter().all(|&i| {
+                let (ours, theirs) = (&self.files[i].contents, &spec.files[i].contents);
+                Arc::ptr_eq(ours, theirs) || ours == theirs
+            })
     }
 
     /// Whether each bind's mount point in the template has the type of its source as just
@@ -234,12 +237,12 @@ mod tests {
         spec.files = vec![
             GeneratedFile {
                 path: "/etc/passwd".into(),
-                contents: b"nobody:x:65534:65534::/:/bin/false\n".to_vec(),
+                contents: b"nobody:x:65534:65534::/:/bin/false\n"[..].into(),
                 mode: 0o444,
             },
             GeneratedFile {
                 path: "/tmp/below-a-mount".into(),
-                contents: b"made per sandbox".to_vec(),
+                contents: b"made per sandbox"[..].into(),
                 mode: 0o600,
             },
         ];
@@ -286,14 +289,21 @@ mod tests {
             "the template must be read-only"
         );
 
+        let mut copied = spec.clone();
+        for f in &mut copied.files {
+            f.contents = Arc::from(f.contents.to_vec());
+        }
+        assert!(t.matches(&copied), "equal bytes in other buffers match");
         let mut other = spec.clone();
-        other.files[0].contents.push(b'#');
+        other.files[0].contents = [&other.files[0].contents[..], b"#"].concat().into();
         assert!(
             !t.matches(&other),
             "different content must not share a template"
         );
         let mut same_length = spec.clone();
-        same_length.files[0].contents[0] = b'N';
+        let mut changed = same_length.files[0].contents.to_vec();
+        changed[0] = b'N';
+        same_length.files[0].contents = changed.into();
         assert!(!t.matches(&same_length), "same sizes, other bytes");
     }
 }
