@@ -115,6 +115,11 @@ impl SandboxChild {
         &self.report
     }
 
+    /// The report, while the setup's frames are being filled in.
+    pub(super) fn report_mut(&mut self) -> &mut LayerReport {
+        &mut self.report
+    }
+
     /// The listening sockets created inside the sandbox's network namespace, in request order.
     /// Returns them once; later calls return an empty vector.
     pub fn take_listeners(&self) -> Vec<OwnedFd> {

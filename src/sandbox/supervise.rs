@@ -1,7 +1,8 @@
 //! The supervisor's side of one spawn: creates the report pipe and the control socket, forks the
 //! reaper into its pid namespace (root) or the first setup process (which clones it and sends
-//! its pid), receives the listener fds, reads the layers' reports until the server has exec'd or
-//! a step failed, and builds the [`SandboxChild`] and its [`LayerReport`].
+//! its pid), and receives the listener fds ([`launch`]); then reads the layers' reports until
+//! the server has exec'd or a step failed, and completes the [`SandboxChild`]'s [`LayerReport`]
+//! ([`Launched::finish`], on the caller's thread, or in the spawn server's client).
 //!
 //! All forks happen on one long-lived spawner thread: `PR_SET_PDEATHSIG` fires when the
 //! *thread* that forked exits, so forking from short-lived threads (tokio's blocking pool) would
@@ -28,7 +29,7 @@ use super::setup::{self, Channels};
 use super::sys::{self, Forked};
 
 /// How long the setup may take before the sandbox is killed.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -83,7 +84,7 @@ fn empty_bounding_set() {
     }
 }
 
-/// Runs `launch` on the spawner thread and waits for its result.
+/// Runs `launch` on the spawner thread and waits here for the server's exec.
 pub fn on_spawner_thread(
     prepared: Prepared,
     stdio: [OwnedFd; 3],
@@ -93,7 +94,7 @@ pub fn on_spawner_thread(
     } else {
         Spawner::Plain
     };
-    run_on(kind, move || launch(prepared, stdio))?
+    run_on(kind, move || launch(prepared, stdio))??.finish()
 }
 
 /// Runs `f` on the sandbox spawner thread (the only thread that forks sandboxes) and returns its
@@ -127,11 +128,38 @@ fn run_on<T: Send + 'static>(
         .map_err(|_| SandboxError::Died("the spawner thread dropped the request".into()))
 }
 
-/// Forks and supervises the setup. Runs on the spawner thread (or the spawn server's only one).
+/// A sandbox whose reaper runs and has handed over its listeners, while its setup may still be
+/// going on. [`Launched::finish`] waits for the server's exec (or the first failure), in any
+/// process that holds the parts: the spawn server hands them to its client before the setup is
+/// done, so the answer's trip overlaps the setup instead of following the exec.
+pub(super) struct Launched {
+    pub child: SandboxChild,
+    /// The report pipe's read end, until the server's exec closes the last write end; `None`
+    /// once the outcome is known.
+    pub setup: Option<std::fs::File>,
+    pub deadline: Instant,
+}
+
+impl Launched {
+    /// Reads the setup's report to its end. On success the child's report is complete; on a
+    /// failure the sandbox is killed, waited for and its cgroup removed (dropping the handle
+    /// does that), and the first failure is returned.
+    pub fn finish(mut self) -> Result<SandboxChild, SandboxError> {
+        let Some(setup) = self.setup.take() else {
+            return Ok(self.child);
+        };
+        let frames = outcome(protocol::read_frames(setup, self.deadline))?;
+        apply_frames(self.child.report_mut(), &frames);
+        Ok(self.child)
+    }
+}
+
+/// Forks the setup and waits for the hand-over. Runs on the spawner thread (or the spawn
+/// server's only one).
 pub(super) fn launch(
     mut prepared: Prepared,
     stdio: [OwnedFd; 3],
-) -> Result<SandboxChild, SandboxError> {
+) -> Result<Launched, SandboxError> {
     // Only a root supervisor's sandboxes can mount a clone of it (an unprivileged one's are in
     // a user namespace of their own).
     if prepared.root_sandbox() {
@@ -142,7 +170,7 @@ pub(super) fn launch(
     launched
 }
 
-fn supervise(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, SandboxError> {
+fn supervise(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<Launched, SandboxError> {
     let (report_r, report_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::supervisor("report pipe")(e.into()))?;
     let (ctl, ctl_child) = socketpair(
@@ -188,18 +216,22 @@ fn supervise(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sa
         let pidfd = sys::pidfd_open(first).map_err(SandboxError::supervisor("pidfd_open"))?;
         let frames = protocol::read_frames(report_r, deadline);
         return match outcome(frames) {
-            Ok(_) => Ok(SandboxChild::new(
-                first,
-                pidfd,
-                None,
-                LayerReport::disabled(
-                    nix::unistd::getuid().as_raw(),
-                    nix::unistd::getgid().as_raw(),
-                    LIFECYCLE_PLAIN,
+            Ok(_) => Ok(Launched {
+                child: SandboxChild::new(
+                    first,
+                    pidfd,
+                    None,
+                    LayerReport::disabled(
+                        nix::unistd::getuid().as_raw(),
+                        nix::unistd::getgid().as_raw(),
+                        LIFECYCLE_PLAIN,
+                    ),
+                    Vec::new(),
+                    None,
                 ),
-                Vec::new(),
-                None,
-            )),
+                setup: None,
+                deadline,
+            }),
             Err(e) => {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), nix::sys::signal::Signal::SIGKILL);
                 let _ = waitpid(first, None);
@@ -262,24 +294,15 @@ fn supervise(prepared: Prepared, stdio: [OwnedFd; 3]) -> Result<SandboxChild, Sa
         }
     };
     reap_first();
-    let frames = match outcome(protocol::read_frames(report_r, deadline)) {
-        Ok(frames) => frames,
-        Err(e) => {
-            kill_reaper(Some(&pidfd));
-            cleanup(&prepared);
-            return Err(e);
-        }
-    };
-    let report = build_report(&prepared, &frames);
+    // From here on, a failure is read from the report by `finish`, and dropping the handle
+    // kills the reaper, waits for it and removes the cgroup.
+    let report = planned_report(&prepared);
     let Prepared { cgroup, .. } = prepared;
-    Ok(SandboxChild::new(
-        reaper,
-        pidfd,
-        Some(ctl),
-        report,
-        listeners,
-        cgroup,
-    ))
+    Ok(Launched {
+        child: SandboxChild::new(reaper, pidfd, Some(ctl), report, listeners, cgroup),
+        setup: Some(report_r),
+        deadline,
+    })
 }
 
 const LIFECYCLE_PLAIN: &str = "process group + parent-death signal (no pid namespace)";
@@ -309,9 +332,10 @@ fn outcome(frames: std::io::Result<Vec<Frame>>) -> Result<Vec<Frame>, SandboxErr
     Ok(frames)
 }
 
-fn build_report(prepared: &Prepared, frames: &[Frame]) -> LayerReport {
+/// The report before the setup says anything: what was planned, every layer "not reported".
+fn planned_report(prepared: &Prepared) -> LayerReport {
     let spec = &prepared.spec;
-    let mut report = LayerReport {
+    LayerReport {
         enabled: true,
         namespaces: NamespacesReport {
             status: LayerStatus::NotEnforced {
@@ -378,7 +402,11 @@ fn build_report(prepared: &Prepared, frames: &[Frame]) -> LayerReport {
             status: LayerStatus::Enforced,
             mechanism: LIFECYCLE_SANDBOX.into(),
         },
-    };
+    }
+}
+
+/// Fills in what the setup reported.
+fn apply_frames(report: &mut LayerReport, frames: &[Frame]) {
     for frame in frames {
         match frame {
             Frame::Namespaces {
@@ -393,8 +421,8 @@ fn build_report(prepared: &Prepared, frames: &[Frame]) -> LayerReport {
             }
             Frame::Network { listeners } => {
                 report.network.listeners = *listeners;
-                report.network.status = match spec.net {
-                    NetMode::Host => LayerStatus::NotEnforced {
+                report.network.status = match report.network.mode.as_str() {
+                    "host" => LayerStatus::NotEnforced {
                         reason: "host network requested by the policy (spec.sandbox.network: host)"
                             .into(),
                     },
@@ -443,5 +471,4 @@ fn build_report(prepared: &Prepared, frames: &[Frame]) -> LayerReport {
             Frame::Failure(_) | Frame::Ready => {}
         }
     }
-    report
 }

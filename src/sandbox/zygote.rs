@@ -13,10 +13,12 @@
 //! its generated files' contents raw after it, except those the server holds from the previous
 //! request with the same bytes) plus the three stdio descriptors
 //! (`SCM_RIGHTS`); the server runs the same `prepare` and `launch` as an in-process spawn and
-//! answers with the reaper's pid, pidfd, control socket, listener descriptors, layer report and
-//! cgroup, or the error. The client turns that into a
-//! [`SandboxChild`] that observes the reaper through its pidfd (it is the server's child, not
-//! aipd's); the server reaps it. Requests are served one at a time, as the spawner thread does.
+//! answers as soon as the reaper has handed over (not after the server's exec): the reaper's pid,
+//! pidfd, the setup report's read end, control socket, listener descriptors, the planned layer
+//! report and cgroup, or the error. The client reads the setup's report to the exec (or the
+//! first failure) itself, as an in-process spawn does, and turns that into a [`SandboxChild`]
+//! that observes the reaper through its pidfd (it is the server's child, not aipd's); the
+//! server reaps it. Requests are served one at a time, as the spawner thread does.
 //!
 //! Lifetime: the server ignores termination signals (aipd decides when sessions end), dies with
 //! aipd (parent-death `SIGKILL`, checked against a race at start), and exits when its socket
@@ -30,7 +32,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
@@ -44,6 +46,7 @@ use super::handle::{Detached, SandboxChild};
 use super::protocol::MAX_LISTENERS;
 use super::report::LayerReport;
 use super::spec::SandboxSpec;
+use super::supervise::{Launched, SETUP_TIMEOUT};
 use super::sys::{self, Forked};
 
 /// Longest message either side accepts (a spec carries generated files; a few KiB in practice).
@@ -126,6 +129,7 @@ impl SpawnServer {
         spec: &SandboxSpec,
         stdio: [OwnedFd; 3],
     ) -> Result<SandboxChild, SandboxError> {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
         let mut guard = self.conn.lock().map_err(|_| SandboxError::Supervisor {
             step: "spawn server lock".into(),
             source: io::Error::other("poisoned"),
@@ -176,6 +180,7 @@ impl SpawnServer {
             Reply::Failed(e) => Err(e),
             Reply::Started {
                 pid,
+                has_setup,
                 has_ctl,
                 report,
                 cgroup,
@@ -185,6 +190,17 @@ impl SpawnServer {
                     // Unsupervisable: end it by pid (the reaper is alive, still unreaped).
                     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
                     return Err(broken_error(io::Error::other("no pidfd in the answer")));
+                };
+                let setup = match (has_setup, fds.next()) {
+                    (false, _) => None,
+                    (true, Some(fd)) => Some(std::fs::File::from(fd)),
+                    (true, None) => {
+                        // Without the report, neither the exec nor a failure would be known.
+                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
+                        return Err(broken_error(io::Error::other(
+                            "no setup report in the answer",
+                        )));
+                    }
                 };
                 let ctl = match (has_ctl, fds.next()) {
                     (false, _) => None,
@@ -205,7 +221,12 @@ impl SpawnServer {
                     listeners: fds.collect(),
                     cgroup: cgroup.map(|(path, relative)| Cgroup { path, relative }),
                 });
-                Ok(child)
+                Launched {
+                    child,
+                    setup,
+                    deadline,
+                }
+                .finish()
             }
         }
     }
@@ -338,6 +359,9 @@ fn decode_request(body: &[u8], held: &Files) -> Result<SandboxSpec, String> {
 enum Reply {
     Started {
         pid: i32,
+        /// The setup report's read end follows the pidfd: the client reads it to the server's
+        /// exec (see `supervise::Launched`).
+        has_setup: bool,
         has_ctl: bool,
         report: Box<LayerReport>,
         cgroup: Option<(PathBuf, String)>,
@@ -437,23 +461,30 @@ fn handle(spec: SandboxSpec, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
             "bad request: not three stdio fds".into(),
         ));
     };
+    // Answered as soon as the reaper has handed over: the client reads the rest of the setup's
+    // report itself, so the answer travels while the setup goes on.
     let started = super::prepare::prepare(&spec)
         .and_then(|prepared| super::supervise::launch(prepared, stdio))
-        .and_then(|child| {
-            child
+        .and_then(|launched| {
+            let setup = launched.setup.map(OwnedFd::from);
+            launched
+                .child
                 .detach()
+                .map(|d| (d, setup))
                 .map_err(SandboxError::supervisor("duplicate the pidfd"))
         });
     match started {
         Err(e) => failed(e),
-        Ok(d) => {
+        Ok((d, setup)) => {
             let reply = Reply::Started {
                 pid: d.pid.as_raw(),
+                has_setup: setup.is_some(),
                 has_ctl: d.ctl.is_some(),
                 report: Box::new(d.report),
                 cgroup: d.cgroup.map(|c| (c.path, c.relative)),
             };
             let mut fds = vec![d.pidfd];
+            fds.extend(setup);
             fds.extend(d.ctl);
             fds.extend(d.listeners);
             (reply, fds)

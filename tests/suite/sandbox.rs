@@ -1241,6 +1241,43 @@ fn spawn_reports_a_failed_layer_synchronously() {
     assert!(err.to_string().contains("hint:"), "{err}");
 }
 
+/// Through a spawn server, as aipd spawns: a failure after the reaper has handed over (the
+/// server's `chdir`) reaches the caller as the same layer error as in-process, the server stays
+/// usable, and a generated file that changed since the previous request is the new one in the
+/// sandbox (requests leave out files the server holds from the previous request).
+#[test]
+fn spawn_server_reports_late_failures_and_never_serves_stale_generated_files() {
+    let server = aip::sandbox::SpawnServer::start(0).expect("spawn server");
+    let mut failing = planned(&["/bin/true"], false);
+    failing.cwd = "/nonexistent-cwd".into();
+    let err = server.spawn(&failing, null_stdio()).unwrap_err();
+    assert_eq!(err.layer(), Some(aip::sandbox::Layer::Filesystem), "{err}");
+    assert!(err.to_string().contains("chdir /nonexistent-cwd"), "{err}");
+
+    let run = |hostname: &str| {
+        let mut spec = planned(&["/bin/cat", "/etc/hostname"], false);
+        let file = spec
+            .files
+            .iter_mut()
+            .find(|f| f.path == Path::new("/etc/hostname"))
+            .expect("a generated /etc/hostname");
+        file.contents = format!("{hostname}\n").into_bytes().into();
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let [stdin, _, stderr] = null_stdio();
+        let child = server.spawn(&spec, [stdin, write, stderr]).expect("spawn");
+        assert!(child.report().seccomp.filters > 0, "the report is complete");
+        let mut out = String::new();
+        std::fs::File::from(read).read_to_string(&mut out).unwrap();
+        assert!(child.wait().unwrap().success());
+        out
+    };
+    // Same length, other bytes: only a comparison of the contents tells them apart.
+    assert_eq!(run("first"), "first\n");
+    assert_eq!(run("first"), "first\n");
+    assert_eq!(run("again"), "again\n");
+    assert_eq!(run("first"), "first\n");
+}
+
 #[test]
 fn the_server_keeps_aips_umask_and_generated_files_their_modes() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
