@@ -19,6 +19,10 @@ use nix::sys::stat::Mode;
 use super::sys;
 
 struct Pool {
+    /// The process whose filler thread fills it. A process forked from it (the spawn server)
+    /// inherits the pool without the thread, and the namespaces' descriptor numbers without
+    /// the descriptors once it closes what it inherited: to it, the pool does not exist.
+    owner: nix::unistd::Pid,
     target: usize,
     ready: Mutex<Vec<OwnedFd>>,
     wanted: Condvar,
@@ -29,7 +33,7 @@ static POOL: OnceLock<Pool> = OnceLock::new();
 /// Keeps up to `size` (1–16) namespaces ready. Returns `false` when the pool cannot run here
 /// (not root, or the filler thread could not start); spawns then create namespaces inline.
 pub fn enable(size: usize) -> bool {
-    if !nix::unistd::geteuid().is_root() {
+    if !nix::unistd::geteuid().is_root() || POOL.get().is_some_and(|p| !p.ours()) {
         return false;
     }
     let Ok(home) = open(
@@ -43,6 +47,7 @@ pub fn enable(size: usize) -> bool {
     POOL.get_or_init(|| {
         started = true;
         Pool {
+            owner: nix::unistd::getpid(),
             target: size.clamp(1, 16),
             ready: Mutex::new(Vec::new()),
             wanted: Condvar::new(),
@@ -63,12 +68,18 @@ pub fn enable(size: usize) -> bool {
 /// creating a namespace is about a millisecond of CPU, which on a small machine would compete
 /// with the very spawn that took one.
 pub fn take() -> Option<OwnedFd> {
-    POOL.get()?.ready.lock().ok()?.pop()
+    POOL.get().filter(|p| p.ours())?.ready.lock().ok()?.pop()
+}
+
+impl Pool {
+    fn ours(&self) -> bool {
+        self.owner == nix::unistd::getpid()
+    }
 }
 
 /// Lets the filler replace what was taken; called once a spawn is over.
 pub fn refill() {
-    if let Some(pool) = POOL.get() {
+    if let Some(pool) = POOL.get().filter(|p| p.ours()) {
         pool.wanted.notify_one();
     }
 }

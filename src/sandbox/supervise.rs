@@ -332,6 +332,9 @@ fn outcome(frames: std::io::Result<Vec<Frame>>) -> Result<Vec<Frame>, SandboxErr
     Ok(frames)
 }
 
+/// The network report's mode of `NetMode::Host`, which `apply_frames` tells from the others by it.
+const NET_HOST: &str = "host";
+
 /// The report before the setup says anything: what was planned, every layer "not reported".
 fn planned_report(prepared: &Prepared) -> LayerReport {
     let spec = &prepared.spec;
@@ -392,7 +395,7 @@ fn planned_report(prepared: &Prepared) -> LayerReport {
             },
             mode: match &spec.net {
                 NetMode::None => "none",
-                NetMode::Host => "host",
+                NetMode::Host => NET_HOST,
                 NetMode::Egress(_) => "egress",
             }
             .into(),
@@ -422,7 +425,7 @@ fn apply_frames(report: &mut LayerReport, frames: &[Frame]) {
             Frame::Network { listeners } => {
                 report.network.listeners = *listeners;
                 report.network.status = match report.network.mode.as_str() {
-                    "host" => LayerStatus::NotEnforced {
+                    NET_HOST => LayerStatus::NotEnforced {
                         reason: "host network requested by the policy (spec.sandbox.network: host)"
                             .into(),
                     },

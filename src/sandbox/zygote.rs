@@ -129,7 +129,6 @@ impl SpawnServer {
         spec: &SandboxSpec,
         stdio: [OwnedFd; 3],
     ) -> Result<SandboxChild, SandboxError> {
-        let deadline = Instant::now() + SETUP_TIMEOUT;
         let mut guard = self.conn.lock().map_err(|_| SandboxError::Supervisor {
             step: "spawn server lock".into(),
             source: io::Error::other("poisoned"),
@@ -191,10 +190,14 @@ impl SpawnServer {
                     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
                     return Err(broken_error(io::Error::other("no pidfd in the answer")));
                 };
-                let setup = match (has_setup, fds.next()) {
-                    (false, _) => None,
-                    (true, Some(fd)) => Some(std::fs::File::from(fd)),
-                    (true, None) => {
+                // The setup runs on; its deadline counts from here, not from the wait for the
+                // lock (concurrent starts queue on it).
+                let deadline = Instant::now() + SETUP_TIMEOUT;
+                // Each flagged descriptor is taken only when flagged: the listeners follow.
+                let setup = match has_setup.then(|| fds.next()) {
+                    None => None,
+                    Some(Some(fd)) => Some(std::fs::File::from(fd)),
+                    Some(None) => {
                         // Without the report, neither the exec nor a failure would be known.
                         let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
                         return Err(broken_error(io::Error::other(
@@ -202,10 +205,10 @@ impl SpawnServer {
                         )));
                     }
                 };
-                let ctl = match (has_ctl, fds.next()) {
-                    (false, _) => None,
-                    (true, Some(fd)) => Some(fd),
-                    (true, None) => {
+                let ctl = match has_ctl.then(|| fds.next()) {
+                    None => None,
+                    Some(Some(fd)) => Some(fd),
+                    Some(None) => {
                         // Without the control socket the server's exit status would be lost.
                         let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
                         return Err(broken_error(io::Error::other(

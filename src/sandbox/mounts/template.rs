@@ -46,6 +46,9 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// A read-only, detached tmpfs holding one spec's root tmpfs content.
 pub struct Template {
+    /// The process that made it. A process forked from it (the spawn server) inherits the cache
+    /// but closes the descriptors it inherited: their numbers may name other files there.
+    owner: nix::unistd::Pid,
     mount: OwnedFd,
     /// Every path it holds, as a build's `Tree::made`.
     made: HashSet<PathBuf>,
@@ -67,7 +70,16 @@ impl Template {
         if !ENABLED.load(Ordering::Relaxed) || UNSUPPORTED.load(Ordering::Relaxed) {
             return None;
         }
-        let mut cache = CACHE.lock().ok()?;
+        // Not waiting: another thread may have held the lock when this process was forked from
+        // the one that made the cache, and then nobody ever releases it here.
+        let mut cache = CACHE.try_lock().ok()?;
+        let me = nix::unistd::getpid();
+        if cache.iter().any(|t| t.owner != me) {
+            let (ours, inherited): (Vec<_>, Vec<_>) = cache.drain(..).partition(|t| t.owner == me);
+            // Dropping them would close descriptor numbers this process may use for other files.
+            std::mem::forget(inherited);
+            *cache = ours;
+        }
         if let Some(i) = cache.iter().position(|t| t.matches(spec)) {
             let hit = cache.remove(i);
             cache.push(Arc::clone(&hit));
@@ -161,6 +173,7 @@ impl Template {
         let mut by_size: Vec<usize> = (0..spec.files.len()).collect();
         by_size.sort_by_key(|&i| spec.files[i].contents.len());
         Ok(Template {
+            owner: nix::unistd::getpid(),
             by_size,
             mount: root,
             made,
