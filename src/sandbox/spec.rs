@@ -220,54 +220,13 @@ impl std::fmt::Display for Layer {
 
 impl SandboxSpec {
     /// A copy whose generated files have empty contents (the spawn server's requests carry the
-    /// contents apart from the JSON), without copying the contents. Every field is named so a
-    /// new one cannot be forgotten here.
+    /// contents apart from the JSON). Cheap: the clone shares the contents' buffers.
     pub(crate) fn without_file_contents(&self) -> SandboxSpec {
-        let SandboxSpec {
-            enabled,
-            argv,
-            executable,
-            cwd,
-            env,
-            mounts,
-            files,
-            symlinks,
-            root_size,
-            net,
-            resources,
-            seccomp,
-            landlock,
-            user,
-            hostname,
-            allow_degraded,
-            hidden,
-        } = self;
-        SandboxSpec {
-            enabled: *enabled,
-            argv: argv.clone(),
-            executable: executable.clone(),
-            cwd: cwd.clone(),
-            env: env.clone(),
-            mounts: mounts.clone(),
-            files: files
-                .iter()
-                .map(|f| GeneratedFile {
-                    path: f.path.clone(),
-                    contents: Arc::from([]),
-                    mode: f.mode,
-                })
-                .collect(),
-            symlinks: symlinks.clone(),
-            root_size: *root_size,
-            net: net.clone(),
-            resources: resources.clone(),
-            seccomp: *seccomp,
-            landlock: landlock.clone(),
-            user: user.clone(),
-            hostname: hostname.clone(),
-            allow_degraded: allow_degraded.clone(),
-            hidden: hidden.clone(),
+        let mut light = self.clone();
+        for file in &mut light.files {
+            file.contents = Arc::from([]);
         }
+        light
     }
 
     /// Checks the invariants `spawn` relies on. Pure: no file system access.
