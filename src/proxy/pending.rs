@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::approval::Cancel;
@@ -46,12 +45,23 @@ pub struct Pending {
 /// `"a"` and `"\u0061"` are the same request.
 pub fn id_key(id: &RawValue) -> String {
     let text = id.get().trim();
-    if text.starts_with('"')
-        && let Ok(Value::String(s)) = serde_json::from_str::<Value>(text)
-    {
-        return format!("s:{s}");
+    let key = |tag: &str, body: &str| {
+        let mut key = String::with_capacity(tag.len() + body.len());
+        key.push_str(tag);
+        key.push_str(body);
+        key
+    };
+    if let Some(quoted) = text.strip_prefix('"') {
+        // Valid JSON (the id was parsed): without a backslash, the text between the quotes is
+        // the value itself.
+        if let Some(plain) = quoted.strip_suffix('"').filter(|t| !t.contains('\\')) {
+            return key("s:", plain);
+        }
+        if let Ok(s) = serde_json::from_str::<String>(text) {
+            return key("s:", &s);
+        }
     }
-    format!("n:{text}")
+    key("n:", text)
 }
 
 impl Pending {
@@ -71,24 +81,21 @@ impl Pending {
         tool: Option<&str>,
         approval: Option<Cancel>,
     ) -> Result<(), Refused> {
-        let key = id_key(id);
-        if self.client.contains_key(&key) {
+        let full = self.client.len() >= self.max;
+        let std::collections::hash_map::Entry::Vacant(slot) = self.client.entry(id_key(id)) else {
             return Err(Refused::DuplicateId);
-        }
-        if self.client.len() >= self.max {
+        };
+        if full {
             return Err(Refused::Full);
         }
         self.seq += 1;
-        self.client.insert(
-            key,
-            ClientRequest {
-                id_text: id.get().to_owned(),
-                method: method.to_owned(),
-                tool: tool.map(str::to_owned),
-                approval,
-                seq: self.seq,
-            },
-        );
+        slot.insert(ClientRequest {
+            id_text: id.get().to_owned(),
+            method: method.to_owned(),
+            tool: tool.map(str::to_owned),
+            approval,
+            seq: self.seq,
+        });
         Ok(())
     }
 
@@ -178,6 +185,11 @@ mod tests {
         p.insert_client(&raw(r#""1""#), "ping", None, None).unwrap();
         assert_eq!(p.take_client(&raw(r#""a""#)).unwrap().method, "tools/list");
         assert!(p.take_client(&raw(r#""a""#)).is_none());
+        p.insert_client(&raw(r#""q\"x""#), "ping", None, None)
+            .unwrap();
+        assert!(p.take_client(&raw(r#""q\u0022x""#)).is_some());
+        assert_eq!(id_key(&raw(r#""\u0031""#)), "s:1");
+        assert_eq!(id_key(&raw("1")), "n:1");
     }
 
     #[test]
