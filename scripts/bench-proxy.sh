@@ -76,6 +76,9 @@ add() { python3 -c "print(f'{float(\"$1\")-float(\"$2\"):+.1f}')"; }
 row() { # label, direct json, proxied json, key
   echo "| $1 | $(j "$2" "$4") | $(j "$3" "$4") | $(add "$(j "$3" "$4")" "$(j "$2" "$4")") |"
 }
+# The host changes between sessions of the build VM and moves every absolute number (2-3x).
+echo "host: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), kernel $(uname -r)"
+echo
 echo "| measure | baseline (the server direct, or as named) | measured | added |"
 echo "|---|---|---|---|"
 row "round trip p50, idle states held (µs)" "$hdirect" "$hplain" p50_us

@@ -43,7 +43,10 @@ BWRAP+=" --proc /proc --dev /dev --tmpfs /tmp $TRUE"
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-echo "kernel $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); $RUNS runs each" >&2
+# The host changes between sessions of the build VM and moves every absolute number (2-3x):
+# name it, so runs can be compared with the runs of the same host.
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+echo "kernel $(uname -r), $(nproc) CPUs ($cpu), load $(cut -d' ' -f1-3 /proc/loadavg); $RUNS runs each" >&2
 hyperfine -N --style none --warmup "$WARMUP" --runs "$RUNS" --export-json "$out/h.json" \
     -n bare "$TRUE" \
     -n aip "$AIP_BIN sandbox -- $TRUE" \
