@@ -6,6 +6,9 @@
 //! - keys that are case variants of `jsonrpc id method params result error` (and, inside
 //!   `params`, of `name arguments`) are rejected, because some readers (Go's `encoding/json`)
 //!   match keys case-insensitively and even fold `ſ` to `s`;
+//! - a raw carriage return anywhere but right before the newline is rejected, because readers
+//!   with universal newlines (the MCP Python SDK's) end a line there and would read other
+//!   messages out of it;
 //! - batches (JSON arrays, removed from MCP in 2025-06-18) and non-objects are rejected;
 //! - requests must carry a string or integer-valued number id (MCP forbids null ids).
 //!
@@ -161,6 +164,7 @@ pub enum Origin {
 /// Parses one line (without its newline). Client lines may not carry unknown envelope keys;
 /// server lines may (they are forwarded untouched), but never case variants of known ones.
 pub fn parse(line: &[u8], origin: Origin) -> Result<Message, ParseError> {
+    check_line_breaks(line)?;
     let first = line.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'{') => {}
@@ -187,6 +191,26 @@ pub fn parse(line: &[u8], origin: Origin) -> Result<Message, ParseError> {
         .and_then(|env| de.end().map(|()| env))
         .map_err(classify)?;
     env.into_message(origin)
+}
+
+/// Refuses a carriage return anywhere but right before the newline.
+///
+/// To JSON a CR between tokens is whitespace, so a line can hold one message for us and several
+/// for a peer whose line reader also ends lines at a lone CR: Python's `TextIOWrapper` with
+/// universal newlines (the MCP Python SDK reads stdio through it) and Node's `readline` do.
+/// `{"method":"tools/call","params":{"name":"allowed","arguments":{"x":␍{…blocked call…}␍}}}`
+/// is one allowed call here and, to such a server, a blocked call it executes between two
+/// unparsable fragments. Inside a JSON string a raw CR is already invalid. A final CR (CRLF
+/// framing) is left alone: those readers take CRLF as one line end.
+fn check_line_breaks(line: &[u8]) -> Result<(), ParseError> {
+    match memchr::memchr(b'\r', line) {
+        Some(pos) if pos + 1 < line.len() => Err(ParseError::invalid(format!(
+            "carriage return at byte {pos} inside the message: some peers read it as a line \
+             break, so one message could be read as several (send one message per line, \
+             without raw CR)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn classify(e: serde_json::Error) -> ParseError {
@@ -857,6 +881,40 @@ mod tests {
         assert_eq!(
             m.result.as_mut().unwrap().decode().unwrap_err().code,
             codes::INVALID_REQUEST
+        );
+    }
+
+    #[test]
+    fn a_carriage_return_inside_a_line_is_rejected_in_both_directions() {
+        // One allowed call to us; to a reader that also ends lines at CR, a blocked call between
+        // two broken fragments.
+        let smuggled = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"x\":\r{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"delete_file\",\"arguments\":{}}}\r}}}";
+        assert!(
+            serde_json::from_str::<Value>(smuggled).is_ok(),
+            "valid JSON"
+        );
+        for s in [
+            smuggled,
+            "{\"jsonrpc\":\"2.0\",\r\"id\":1,\"method\":\"ping\"}",
+            "\r{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\r",
+        ] {
+            let e = client(s).unwrap_err();
+            assert_eq!(e.code, codes::INVALID_REQUEST, "{s:?}");
+            assert!(e.reason.contains("carriage return"), "{}", e.reason);
+        }
+        let e = server("{\"jsonrpc\":\"2.0\",\"id\":1,\r\"result\":{}}").unwrap_err();
+        assert_eq!(e.code, codes::INVALID_REQUEST);
+        // CRLF framing: the CR right before the newline is one line end to every reader.
+        assert_eq!(
+            client("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r")
+                .unwrap()
+                .kind,
+            Kind::Request
+        );
+        // Escaped inside a string it is just a character.
+        assert!(
+            client(r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"x\ry"}}"#).is_ok()
         );
     }
 

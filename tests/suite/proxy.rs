@@ -244,6 +244,114 @@ fn ambiguous_or_malformed_input_is_rejected_and_never_forwarded() {
     assert!(r.received().is_empty(), "forwarded: {}", r.received_raw());
 }
 
+/// One call of `tool` to a reader that splits lines at `\n` only; to one that also ends lines
+/// at a lone CR (Python's universal newlines), the `inner` request between two fragments.
+fn behind_carriage_returns(id: u64, tool: &str, inner: &str) -> String {
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\",\"arguments\":{{\"x\":\r{inner}\r}}}}}}"
+    )
+}
+
+#[test]
+fn a_carriage_return_inside_a_line_is_rejected_and_never_forwarded() {
+    let mut r = start(&[]);
+    let smuggled = behind_carriage_returns(1, "echo", &call(json!(2), "delete_file", json!({})));
+    serde_json::from_str::<Value>(&smuggled).expect("one valid JSON object");
+    r.drv.send(&smuggled);
+    let reply = r.drv.recv();
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert!(
+        reply["error"]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("carriage return"),
+        "{reply}"
+    );
+    // CRLF framing: a CR right before the newline is one line end, forwarded as it came.
+    r.drv.send(&format!(
+        "{}\r",
+        call(json!(3), "echo", json!({"text": "hi"}))
+    ));
+    let reply = r.drv.recv();
+    assert_eq!(reply["id"], 3, "{reply}");
+    assert!(reply["result"].is_object(), "{reply}");
+    let received = r.received();
+    assert_eq!(received.len(), 1, "forwarded: {}", r.received_raw());
+    assert_eq!(received[0]["id"], 3);
+    let rejected: Vec<Value> = audit_records(&r.audit())
+        .into_iter()
+        .filter(|rec| rec["request_id"] == 1)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["decision"], "BLOCK");
+    assert_eq!(rejected[0]["error_code"], -32600);
+}
+
+/// The MCP Python SDK reads stdio through `TextIOWrapper` (universal newlines), so a lone CR
+/// ends a line for it: before the fix, the smuggled `convert_time` below ran on the real server
+/// (its answer came back for an id the proxy never saw, and was dropped) although the policy
+/// does not allow the tool at all.
+#[test]
+fn a_python_server_never_sees_a_call_smuggled_behind_a_carriage_return() {
+    let Some(peers) = crate::support::peers_dir() else {
+        println!(
+            "SKIP a_python_server_never_sees_a_call_smuggled_behind_a_carriage_return: peers not installed (scripts/install-peers.sh)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(
+        dir.path(),
+        "time-only.yaml",
+        "apiVersion: aip.io/v1alpha1\nkind: AgentPolicy\nmetadata: {name: time-only}\nspec:\n  allowed_tools: [get_current_time]\n",
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let mut cmd = Command::new(aip_bin());
+    cmd.arg("run")
+        .arg("--no-sandbox")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--audit")
+        .arg(&audit)
+        .arg("--")
+        .arg(peers.join("py/bin/mcp-server-time"));
+    let mut drv = Driver::spawn(cmd);
+    drv.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"aip-tests","version":"1"}}}"#);
+    assert_eq!(drv.recv()["id"], 1);
+    drv.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let smuggled = call(
+        json!(2),
+        "convert_time",
+        json!({"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}),
+    );
+    // The outer call is allowed: its arguments are not checked against the tool's schema.
+    drv.send(&behind_carriage_returns(3, "get_current_time", &smuggled));
+    let refused = drv.recv_line(Duration::from_secs(10));
+    // The session goes on, and the server answers what it is asked next.
+    drv.send(&call(
+        json!(4),
+        "get_current_time",
+        json!({"timezone": "UTC"}),
+    ));
+    let next = drv.recv_line(Duration::from_secs(10));
+    drv.close_stdin();
+    drv.wait(Duration::from_secs(15));
+    // Had the server run the smuggled call, its answer (id 2) would be in the audit log as a
+    // response to no pending request.
+    let records = audit_records(&audit);
+    assert!(
+        records.iter().all(|rec| rec["request_id"] != 2),
+        "the server ran the smuggled call: {records:?}"
+    );
+    let refused: Value = serde_json::from_str(&refused.expect("a reply to id 3")).unwrap();
+    assert_eq!(refused["id"], 3, "{refused}");
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    let next: Value = serde_json::from_str(&next.expect("a reply to id 4")).unwrap();
+    assert_eq!(next["id"], 4, "{next}");
+    assert_eq!(next["result"]["isError"], false, "{next}");
+}
+
 #[test]
 fn oversized_lines_get_an_error_and_the_session_goes_on() {
     let mut r = start(&["--max-message-bytes", "4096"]);
