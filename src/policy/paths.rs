@@ -9,12 +9,19 @@
 //! (`'`, `"`, `\`); `file://[host]` prefixes dropped; `$HOME`/`${HOME}` expanded anywhere. Each
 //! view is split into shell-like tokens (whitespace, `; | & < > ( ) { } , = :`, backquote, control
 //! characters incl. NUL), so paths inside commands (`cat ~/.ssh/id_rsa`, `--key=~/.ssh/k`,
-//! `PATH=/a:/b`) are found. A token is path-like when it contains `/` or starts with `~` or
-//! `.`, or when it is the whole value. Path-like tokens are expanded (`~`, `~user` via the
+//! `PATH=/a:/b`) are found. Because those characters are legal in file names and a server
+//! collapses `..` across them (`/srv/a b/../secret` is `/srv/secret`), the whole view and each
+//! word as a shell splits it (quotes and backslashes honoured) are candidates as well. Non-ASCII
+//! strings are also examined in their composed (NFC) and decomposed (NFD) spellings, which
+//! servers match to each other. A token is path-like when it contains `/` or starts with `~` or
+//! `.`, or when it is the whole value; it is a URL, and skipped, only when it starts with
+//! `scheme://`. Path-like tokens are expanded (`~`, `~user` via the
 //! password database, relative → server cwd), cleaned, and compared component-wise: a hit is
 //! the entry itself or anything below it. They are also resolved through symlinks as the kernel
 //! would (`..` after a link applies to its target; a dangling link counts as its target; a
-//! missing tail is kept), so `/tmp/link/id_rsa` with `link → ~/.ssh` is caught. Strings with no
+//! missing tail is kept), so `/tmp/link/id_rsa` with `link → ~/.ssh` is caught, and so is the
+//! cleaned form, which is what a server that collapses `..` first opens
+//! (`/tmp/missing/../link/id_rsa`). Strings with no
 //! path character at all (`/ ~ . % $ \ ' " * ? [`) are not examined further unless the whole
 //! value names an entry that sits in the cwd: a one-word value such as `Makefile` is therefore
 //! not resolved through a symlink of that name (the sandbox covers that).
@@ -40,6 +47,7 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
 
 /// Distinct path-like tokens resolved through symlinks per evaluated call (each costs a couple
 /// of system calls). A call holding more (a large file body full of paths) is refused with
@@ -386,7 +394,7 @@ impl<'v> Scan<'_> {
         if s.is_empty() || !self.pp.worth_scanning(s, whole_allowed) {
             return None;
         }
-        let hit = if needs_views(s) {
+        let hit = if needs_views(s) || !s.is_ascii() {
             views(s).iter().find_map(|v| self.view(v, whole_allowed))
         } else {
             self.view(s, whole_allowed)
@@ -401,9 +409,33 @@ impl<'v> Scan<'_> {
             let mut words = tokens(&expanded);
             words.next().is_some() && words.next().is_none()
         };
+        let mut count = 0;
+        let mut last = "";
         for t in tokens(&expanded) {
+            count += 1;
+            last = t;
             if let Some(i) = self.token(t, whole) {
                 return Some(i);
+            }
+        }
+        // The tokens split at characters that are legal in file names (space, `=`, `:`, `,`,
+        // parentheses…), and a server takes a path argument whole and collapses its `..`
+        // lexically: `/srv/a b/../secret` is `/srv/secret` to it, and neither `/srv/a` nor
+        // `b/../secret` is. So the whole view is one more candidate, and so is every word of
+        // it as a shell splits words (quotes and backslashes honoured): `cat "/srv/a b/../x"`.
+        let trimmed = expanded.trim();
+        if !(count == 1 && last.len() == trimmed.len()) {
+            if let Some(i) = self.token(trimmed, false) {
+                return Some(i);
+            }
+            if trimmed.contains(char::is_whitespace)
+                && let Ok(words) = shell_words::split(trimmed)
+            {
+                for w in &words {
+                    if let Some(i) = self.token(w, false) {
+                        return Some(i);
+                    }
+                }
             }
         }
         pp.substring_hit(view, &expanded)
@@ -418,8 +450,9 @@ impl<'v> Scan<'_> {
 
     fn token(&mut self, t: &str, whole: bool) -> Option<usize> {
         let pp = self.pp;
-        if t.contains("://") {
-            // A URL (file:// URLs were unwrapped into another view): no local file.
+        if starts_with_url_scheme(t) {
+            // A URL (file:// URLs were unwrapped into another view): no local file. Only a
+            // leading scheme makes one: `/srv/x://../secret` is a path to every file API.
             return None;
         }
         let pathish = t.contains('/') || t.starts_with('~') || t.starts_with('.');
@@ -446,11 +479,40 @@ impl<'v> Scan<'_> {
         if self.resolutions > MAX_RESOLUTIONS {
             return Some(usize::MAX);
         }
-        match resolve_prefix(&raw) {
+        if let Some(real) = resolve_prefix(&raw)
+            && real != abs
+            && let Some(i) = pp.hit(&real)
+        {
+            return Some(i);
+        }
+        // A server that collapses `..` before it opens the path (Node's `path.resolve`,
+        // Python's `normpath`, Go's `filepath.Clean`) follows the symlinks of the cleaned form,
+        // which the kernel's walk of the raw form may never reach: in `/srv/missing/../link/x`
+        // the walk stops at `missing`, while `/srv/link/x` goes through `link`.
+        if *raw == *abs || !self.first_time(&abs) {
+            return None;
+        }
+        self.resolutions += 1;
+        if self.resolutions > MAX_RESOLUTIONS {
+            return Some(usize::MAX);
+        }
+        match resolve_prefix(&abs) {
             Some(real) if real != abs => pp.hit(&real),
             _ => None,
         }
     }
+}
+
+/// `scheme://` at the start (RFC 3986: a letter, then letters, digits, `+ - .`).
+fn starts_with_url_scheme(t: &str) -> bool {
+    let Some(colon) = t.find("://") else {
+        return false;
+    };
+    let scheme = &t.as_bytes()[..colon];
+    scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 /// Whether `s` has anything that other views would decode (`%`, quotes, `\\`, `file:`).
@@ -566,6 +628,19 @@ fn views(s: &str) -> Vec<Cow<'_, str>> {
     for i in 0..n {
         if let Some(stripped) = strip_file_urls(&out[i]) {
             out.push(Cow::Owned(stripped));
+        }
+    }
+    // Composed and decomposed spellings (`é` and `e` + U+0301) are different names to the
+    // kernel, but servers match them to each other (the npm filesystem server retries a
+    // missing path by NFC-comparing directory entries): both forms are candidates.
+    if !s.is_ascii() {
+        let n = out.len();
+        for i in 0..n {
+            for form in [out[i].nfc().collect::<String>(), out[i].nfd().collect()] {
+                if form != out[i] && !out.iter().any(|v| *v == form) {
+                    out.push(Cow::Owned(form));
+                }
+            }
         }
     }
     out

@@ -340,3 +340,79 @@ fn clean_borrows_only_paths_that_are_already_clean() {
         assert_eq!(clean_cow(p, "/x"), want, "{p}");
     }
 }
+
+#[test]
+fn word_splitting_characters_do_not_hide_a_path_from_its_dotdot() {
+    // A server takes the argument whole and collapses `..` lexically; no directory named
+    // `a b` needs to exist.
+    let p = pp(&["/srv/secret", "~/.ssh"]);
+    for v in [
+        "/srv/a b/../secret/key",
+        "/srv/a=b/../secret/key",
+        "/srv/a:b/../secret/key",
+        "/srv/a,b/../secret/key",
+        "/srv/app/(x)/../../secret/key",
+        "/srv/a{b}/../secret",
+        "~/x y/../.ssh/id_rsa",
+        "/etc/aip/p q/../policy.yaml",
+    ] {
+        assert!(blocked(&p, json!({ "path": v })).is_some(), "{v}");
+    }
+    // The same in commands, as a shell splits words.
+    for v in [
+        "cat \"/srv/a b/../secret/key\"",
+        "cat '/srv/a b/../secret/key' /../..",
+        "cat /srv/a\\ b/../secret/key",
+        "cat /srv/a=b/../secret/key",
+    ] {
+        assert!(blocked(&p, json!({ "command": v })).is_some(), "{v}");
+    }
+    assert_eq!(blocked(&p, json!({"path": "/srv/a b/../public/key"})), None);
+    assert_eq!(blocked(&p, json!({"text": "see /srv/a and b/c"})), None);
+}
+
+#[test]
+fn only_a_leading_scheme_makes_a_url() {
+    let p = pp(&["/srv/secret", "~/.ssh"]);
+    for v in [
+        "/srv/x://../secret/key",
+        "~/a://../.ssh/id_rsa",
+        "/srv/x:///../secret",
+    ] {
+        assert!(blocked(&p, json!({ "path": v })).is_some(), "{v}");
+    }
+    assert!(starts_with_url_scheme("git+ssh://h/x"));
+    assert!(!starts_with_url_scheme("/srv/x://y"));
+    assert!(!starts_with_url_scheme("://x"));
+}
+
+#[test]
+fn symlinks_on_the_cleaned_form_are_followed_too() {
+    let (dir, secret, p) = secret_dir();
+    std::os::unix::fs::symlink(&secret, dir.path().join("lnk")).unwrap();
+    std::fs::write(dir.path().join("file"), "f").unwrap();
+    // The kernel's walk of the raw form stops at `missing` (or at a file used as a directory)
+    // and never meets `lnk`; a server that cleans first opens `<dir>/lnk/key`.
+    for v in [
+        "missing/../lnk/key",
+        "file/../lnk/key",
+        "missing/../lnk/new-file",
+    ] {
+        assert!(p.scan(&json!({ "path": v })).is_some(), "{v}");
+    }
+    assert!(p.scan(&json!({"path": "missing/../other"})).is_none());
+}
+
+#[test]
+fn composed_and_decomposed_spellings_are_the_same_name() {
+    let composed = pp(&["/srv/caf\u{e9}"]);
+    let decomposed = pp(&["/srv/cafe\u{301}"]);
+    for (p, v) in [
+        (&composed, "/srv/cafe\u{301}/key"),
+        (&composed, "cat /srv/cafe\u{301}/key"),
+        (&decomposed, "/srv/caf\u{e9}/key"),
+    ] {
+        assert!(blocked(p, json!({ "path": v })).is_some(), "{v}");
+    }
+    assert_eq!(blocked(&composed, json!({"path": "/srv/cafes/key"})), None);
+}
