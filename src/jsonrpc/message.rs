@@ -376,13 +376,36 @@ impl Envelope {
     }
 }
 
+/// Ids must mean the same request to every peer, because answers are matched to requests by
+/// id: an id that a server reads as another one (`-0` is `0` to Python and JavaScript; integers
+/// past 2^53 are rounded by JavaScript; `"\uD800"` is not a string to anyone, so peers handle
+/// its spelling differently) would let its answer be taken for the other request's, for example
+/// an unfiltered `tools/list` result delivered as the answer to a `ping`.
 fn check_id(id: &RawValue) -> Result<(), ParseError> {
+    /// `Number.MAX_SAFE_INTEGER`: the largest integer every JSON reader keeps exactly.
+    const MAX_SAFE: u64 = (1 << 53) - 1;
     let text = id.get();
     match text.as_bytes().first() {
-        Some(b'"') => Ok(()),
+        Some(b'"') if !text.contains('\\') || serde_json::from_str::<String>(text).is_ok() => {
+            Ok(())
+        }
+        Some(b'"') => Err(ParseError::invalid(
+            "\"id\" must be a valid string (an escape decodes to a lone surrogate)",
+        )),
         Some(b'-' | b'0'..=b'9') => {
+            let magnitude = text.strip_prefix('-').unwrap_or(text);
             if text.contains(['.', 'e', 'E']) {
                 Err(ParseError::invalid("\"id\" must be a string or an integer"))
+            } else if text == "-0" {
+                Err(ParseError::invalid(
+                    "\"id\" -0 is the same id as 0 to most peers",
+                ))
+            } else if magnitude.len() > 16
+                || magnitude.parse::<u64>().map_or(true, |n| n > MAX_SAFE)
+            {
+                Err(ParseError::invalid(
+                    "\"id\" must be an integer within ±(2^53 − 1), which every peer reads exactly",
+                ))
             } else {
                 Ok(())
             }
@@ -837,9 +860,8 @@ mod tests {
     fn id_text_is_kept_exactly() {
         let m = client(r#"{"jsonrpc":"2.0","id":"abc-123","method":"ping"}"#).unwrap();
         assert_eq!(m.id_text(), Some(r#""abc-123""#));
-        let m =
-            client(r#"{"jsonrpc":"2.0","id":  12345678901234567890123 ,"method":"ping"}"#).unwrap();
-        assert_eq!(m.id_text(), Some("12345678901234567890123"));
+        let m = client(r#"{"jsonrpc":"2.0","id":  9007199254740991 ,"method":"ping"}"#).unwrap();
+        assert_eq!(m.id_text(), Some("9007199254740991"));
     }
 
     #[test]
@@ -916,6 +938,34 @@ mod tests {
         assert!(
             client(r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"x\ry"}}"#).is_ok()
         );
+    }
+
+    #[test]
+    fn ids_that_peers_would_read_as_another_id_are_rejected() {
+        for id in [
+            "-0",
+            "9007199254740992",
+            "-9007199254740992",
+            "123456789012345678901234567890",
+            r#""\uD800""#,
+            r#""a\udc00""#,
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+            assert_eq!(code(client(&line)), codes::INVALID_REQUEST, "{id}");
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+            assert_eq!(code(server(&line)), codes::INVALID_REQUEST, "{id}");
+        }
+        for id in [
+            "0",
+            "-1",
+            "9007199254740991",
+            "-9007199254740991",
+            r#""\u00e9""#,
+            r#""\ud83d\ude00""#,
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+            assert!(client(&line).is_ok(), "{id}");
+        }
     }
 
     #[test]
