@@ -305,6 +305,22 @@ pub fn plan(input: &PlanInput<'_>, fs: &dyn HostFs) -> Result<Plan, PlanError> {
     }
     for dir in collapse(&program.exec_dirs) {
         if !is_system(&dir) {
+            // Derived from the server's own files (its path, #! lines, node_modules, a venv):
+            // held to the same limits as a grant, and said.
+            if let Some((forbidden, why)) = forbidden_grant(&dir) {
+                return Err(PlanError::Path {
+                    path: dir,
+                    message: "is where the server's program or runtime lives, and cannot be visible in the sandbox".into(),
+                    hint: format!("{forbidden}: {why}"),
+                });
+            }
+            notes.push(Note {
+                level: NoteLevel::Info,
+                message: format!(
+                    "{} is visible read-only and executable: the server's program or runtime lives there",
+                    dir.display()
+                ),
+            });
             mounts.push(Mount {
                 target: dir.clone(),
                 kind: MountKind::Bind {
@@ -923,17 +939,74 @@ fn resolve_program(
     })?;
     resolve_program(&resolved, path_var, fs, program, depth + 1)?;
     if is_env {
-        // `#!/usr/bin/env [-S] NAME [ARGS]`: env looks NAME up in the sandbox's PATH.
-        let Some(name) = words.find(|w| !w.starts_with('-') && !w.contains('=')) else {
+        // `#!/usr/bin/env [OPTIONS] [NAME=VALUE…] NAME [ARGS]`: env looks NAME up in the
+        // sandbox's PATH. The line comes with the (untrusted) server package and everything
+        // found here becomes visible in the sandbox, so options are parsed as env parses them
+        // (`-u /home/u/.ssh/id_rsa node` names node, not the key) and an unknown one is refused.
+        let words: Vec<&str> = words.collect();
+        let name = env_program(&words).map_err(|why| PlanError::Path {
+            path: current.clone(),
+            message: format!("cannot tell which program its #! line runs: {why}"),
+            hint: "run the interpreter explicitly (aip run -- node server.js)".into(),
+        })?;
+        let Some(name) = name else {
             return Ok(());
         };
         let found = locate(OsStr::new(name), Path::new("/"), path_var, fs)?;
+        let executable = fs
+            .canonicalize(&found)
+            .is_ok_and(|real| matches!(fs.kind(&real), Ok(Kind::File { executable: true })));
+        if !executable {
+            return Err(PlanError::Path {
+                path: found,
+                message: format!(
+                    "is named by the #! line of {} but is not an executable file",
+                    current.display()
+                ),
+                hint: "check the server's #! line".into(),
+            });
+        }
         if let Some(dir) = found.parent() {
             program.path_dirs.push(dir.to_path_buf());
         }
         resolve_program(&found, path_var, fs, program, depth + 1)?;
     }
     Ok(())
+}
+
+/// The program `env` runs, from the words after `env` on a `#!` line (GNU and BSD options:
+/// `-i -0 -v -S` and `--` without an argument, `-u -C -P` with one, `--long=value` forms,
+/// `NAME=VALUE` assignments). `None` when env would run nothing.
+fn env_program<'w>(words: &[&'w str]) -> Result<Option<&'w str>, String> {
+    let mut it = words.iter().copied();
+    while let Some(w) = it.next() {
+        match w {
+            "-i"
+            | "-0"
+            | "-v"
+            | "-S"
+            | "--ignore-environment"
+            | "--null"
+            | "--debug"
+            | "--split-string" => {}
+            "--" => return Ok(it.next()),
+            "-u" | "--unset" | "-C" | "--chdir" | "-P" => {
+                if it.next().is_none() {
+                    return Err(format!("`{w}` without its argument"));
+                }
+            }
+            _ if w.starts_with("--unset=")
+                || w.starts_with("--chdir=")
+                || w.starts_with("--split-string=")
+                || w.starts_with("--default-signal")
+                || w.starts_with("--ignore-signal")
+                || w.starts_with("--block-signal") => {}
+            _ if w.starts_with('-') => return Err(format!("unknown env option `{w}`")),
+            _ if w.contains('=') => {}
+            _ => return Ok(Some(w)),
+        }
+    }
+    Ok(None)
 }
 
 /// The script a `node`/`python` command runs (`node server.js`, `python3 -u app.py`), if any.
@@ -1014,6 +1087,13 @@ fn add_runtime_dirs(file: &Path, fs: &dyn HostFs, program: &mut Program) {
                 let (k, v) = l.split_once('=')?;
                 (k.trim() == "home").then(|| PathBuf::from(v.trim()))
             }) && let Ok(home) = fs.canonicalize(&home)
+                // `home` is where the venv's interpreter came from; pointing it anywhere else
+                // (it is the package's own file) must not make that directory visible.
+                && ["python3", "python"].iter().any(|py| {
+                    fs.canonicalize(&home.join(py)).is_ok_and(|real| {
+                        matches!(fs.kind(&real), Ok(Kind::File { executable: true }))
+                    })
+                })
             {
                 let prefix = if home.file_name() == Some(OsStr::new("bin")) {
                     home.parent().map(Path::to_path_buf)

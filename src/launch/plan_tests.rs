@@ -648,3 +648,88 @@ fn policy_and_sandbox_agree_on_the_landlock_abi() {
         crate::sandbox::landlock::COMPILED_ABI
     );
 }
+
+/// A package's `#!` line and `pyvenv.cfg` are the server's own (untrusted) files: what they name
+/// must not make another host directory visible.
+#[test]
+fn env_options_on_a_shebang_cannot_mount_another_directory() {
+    let fs = FakeFs::new()
+        .file("/home/u/.ssh/id_ed25519", b"KEY", false)
+        .file(
+            "/proj/node_modules/evil/cli.js",
+            b"#!/usr/bin/env -S -u /home/u/.ssh/id_ed25519 node\n",
+            true,
+        )
+        .link("/proj/node_modules/.bin/evil", "../evil/cli.js");
+    let plan = run(
+        &fs,
+        &SandboxConfig::default(),
+        &["/proj/node_modules/.bin/evil"],
+        "/",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(exec_targets(&plan), ["/proj/node_modules", "/usr"]);
+
+    for (line, why) in [
+        (
+            &b"#!/usr/bin/env --frobnicate node\n"[..],
+            "unknown env option",
+        ),
+        (
+            b"#!/usr/bin/env /home/u/.ssh/id_ed25519\n",
+            "not an executable",
+        ),
+    ] {
+        let fs = FakeFs::new()
+            .file("/home/u/.ssh/id_ed25519", b"KEY", false)
+            .file("/proj/node_modules/evil/cli.js", line, true)
+            .link("/proj/node_modules/.bin/evil", "../evil/cli.js");
+        let err = run(
+            &fs,
+            &SandboxConfig::default(),
+            &["/proj/node_modules/.bin/evil"],
+            "/",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+}
+
+#[test]
+fn a_venv_home_without_an_interpreter_is_not_mounted() {
+    let fs = FakeFs::new()
+        .file("/home/u/.ssh/id_ed25519", b"KEY", false)
+        .file("/srv/py/pyvenv.cfg", b"home = /home/u/.ssh\n", false)
+        .link("/srv/py/bin/python3", "/usr/bin/python3")
+        .file("/srv/py/bin/server", b"#!/srv/py/bin/python3\n", true);
+    let plan = run(
+        &fs,
+        &SandboxConfig::default(),
+        &["/srv/py/bin/server"],
+        "/",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(exec_targets(&plan), ["/srv/py", "/usr"]);
+}
+
+#[test]
+fn a_runtime_directory_in_a_forbidden_tree_is_refused() {
+    let fs = FakeFs::new()
+        .file("/usr/bin/python3.11", b"\x7fELF", true)
+        .file("/run/evil/bin/python3", b"\x7fELF", true)
+        .file("/srv/py/pyvenv.cfg", b"home = /run/evil/bin\n", false)
+        .link("/srv/py/bin/python3", "/usr/bin/python3")
+        .file("/srv/py/bin/server", b"#!/srv/py/bin/python3\n", true);
+    let err = run(
+        &fs,
+        &SandboxConfig::default(),
+        &["/srv/py/bin/server"],
+        "/",
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("/run"), "{err}");
+}
