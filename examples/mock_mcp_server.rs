@@ -8,7 +8,8 @@
 //! `notify` (sends a progress and a log notification first), `ask_client` (sends a
 //! `sampling/createMessage` request to the client and returns its answer), `print_garbage`
 //! (writes a non-JSON line to stdout), `stderr` (writes `text` to stderr), `exit` (exits with
-//! `code`), `rug_pull` (changes the description of `echo` and sends `tools/list_changed`).
+//! `code`), `rug_pull` (changes the description of `echo` and sends `tools/list_changed`), and,
+//! not listed, `raw_reply` (answers with the raw `line` argument, `{id}` replaced by the id).
 //!
 //! With `AIP_MOCK_LOG=FILE` every line received is appended to FILE exactly as read, so tests can
 //! assert what the proxy forwarded.
@@ -204,6 +205,16 @@ impl Server {
                         return;
                     }
                 }
+            }
+            "raw_reply" => {
+                // Not in the listing: writes `line` as its answer, `{id}` replaced by the id,
+                // so tests can send what no well-behaved server would.
+                let line = args["line"].as_str().unwrap_or("").replace("{id}", &id.to_string());
+                self.flush();
+                let mut out = self.out.lock();
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
             }
             "print_garbage" => {
                 self.flush();

@@ -45,6 +45,9 @@ pub struct Message {
     pub params: Option<Part>,
     pub result: Option<Part>,
     pub error: Option<Part>,
+    /// The server's line has top-level members besides the JSON-RPC ones (client lines may
+    /// not): forwarded as they are, so whoever scans a message must know they exist.
+    pub extra_members: bool,
 }
 
 impl Message {
@@ -265,6 +268,7 @@ struct Envelope {
     params: Option<Part>,
     result: Option<Box<RawValue>>,
     error: Option<Box<RawValue>>,
+    extra_members: bool,
 }
 
 /// A client method that is (or, spelled oddly, may be) `tools/call`: its params are needed right
@@ -372,6 +376,7 @@ impl Envelope {
             params: self.params,
             result: self.result.map(Part::new),
             error,
+            extra_members: self.extra_members,
         })
     }
 }
@@ -508,6 +513,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
             }
             *slot = Some(map.next_value_seed(StrictValue)?);
         }
+        env.extra_members = !unknown.is_empty();
         Ok(env)
     }
 }

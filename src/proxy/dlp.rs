@@ -92,30 +92,50 @@ pub(super) fn request(
 /// Redacts the server-originated parts of `msg` in place; returns the hits. An error means a
 /// part could not be decoded (e.g. duplicate keys): the message must not be forwarded, since
 /// it could not be scanned.
+/// What [`scan_response`] found: the hits (already redacted in `msg`), and whether part of the
+/// message was beyond `max_scan_size` and not scanned (the spec: MUST log a warning).
+#[derive(Default)]
+pub(super) struct Scanned {
+    pub hits: Vec<Hit>,
+    pub truncated: bool,
+}
+
 pub(super) fn scan_response(
     sh: &Shared,
     msg: &mut Message,
-) -> Result<Vec<Hit>, crate::jsonrpc::ParseError> {
+) -> Result<Scanned, crate::jsonrpc::ParseError> {
     let Some(dlp) = sh.engine.dlp() else {
-        return Ok(Vec::new());
+        return Ok(Scanned::default());
     };
     if !dlp.scans(DlpDirection::Response) {
-        return Ok(Vec::new());
+        return Ok(Scanned::default());
     }
-    let mut hits: Vec<Hit> = Vec::new();
+    if msg.extra_members {
+        // Only result, error and params are scanned; anything else would reach the client
+        // unscanned (named neither here nor in the reply: a member's name can be the secret).
+        return Err(crate::jsonrpc::ParseError {
+            code: crate::jsonrpc::codes::INTERNAL_ERROR,
+            reason: "it has top-level members besides jsonrpc, id, method, params, result and \
+                     error, which DLP does not scan"
+                .into(),
+        });
+    }
+    let mut out = Scanned::default();
     for part in [msg.result.as_mut(), msg.error.as_mut(), msg.params.as_mut()]
         .into_iter()
         .flatten()
     {
         let value = part.decode()?;
-        for h in dlp.redact_value(value, DlpDirection::Response).hits {
-            match hits.iter_mut().find(|x| x.rule == h.rule) {
+        let r = dlp.redact_value(value, DlpDirection::Response);
+        out.truncated |= r.truncated;
+        for h in r.hits {
+            match out.hits.iter_mut().find(|x| x.rule == h.rule) {
                 Some(x) => x.count += h.count,
-                None => hits.push(h),
+                None => out.hits.push(h),
             }
         }
     }
-    Ok(hits)
+    Ok(out)
 }
 
 /// A copy of `v` with DLP applied, for audit records and dialogs: request patterns when the

@@ -71,6 +71,7 @@ fn flush(sh: &Shared, batch: &mut Batch) {
 
 /// The server's reply for `id` could not be delivered: tell the client, if it is waiting.
 fn fail_request(sh: &Shared, id_text: Option<&str>, reason: &str, batch: &mut Batch) {
+    let reason = &dlp::redact_text(sh, reason);
     let waiting = id_text.and_then(|id| sh.pending().take_client_by_text(id));
     batch.records.push(records::server_message_rejected(
         sh,
@@ -159,7 +160,7 @@ fn handle_response(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
         batch.records.extend(report.records);
     }
     let hits = match dlp::scan_response(sh, &mut msg) {
-        Ok(h) => h,
+        Ok(s) => note_truncation(sh, msg.id_text(), s, batch),
         Err(e) => return refuse_undecodable(sh, &req.id_text, &e, batch),
     };
     if !hits.is_empty() {
@@ -188,7 +189,12 @@ fn refuse_undecodable(
     e: &crate::jsonrpc::ParseError,
     batch: &mut Batch,
 ) {
-    let reason = format!("the server's answer could not be inspected: {}", e.reason);
+    // The parser's reason can quote the server's text (a duplicate key's name): redacted like
+    // any other server output before it reaches the client or the audit log.
+    let reason = dlp::redact_text(
+        sh,
+        &format!("the server's answer could not be inspected: {}", e.reason),
+    );
     batch.records.push(records::server_message_rejected(
         sh,
         Some(id_text),
@@ -199,10 +205,28 @@ fn refuse_undecodable(
     batch.forward.extend_from_slice(&err.to_line(Some(id_text)));
 }
 
+/// Records and logs a scan that stopped at `max_scan_size` (what lies beyond went unscanned, as
+/// the spec has it, and must not go unsaid); returns the hits.
+fn note_truncation(
+    sh: &Shared,
+    id_text: Option<&str>,
+    scanned: dlp::Scanned,
+    batch: &mut Batch,
+) -> Vec<dlp::Hit> {
+    if scanned.truncated {
+        tracing::warn!(
+            "DLP scanned only the first max_scan_size bytes of a server message; the rest was \
+             forwarded unscanned (raise spec.dlp.max_scan_size to cover it)"
+        );
+        batch.records.push(records::scan_truncated(sh, id_text));
+    }
+    scanned.hits
+}
+
 /// Server requests and notifications: DLP over their params, then forward.
 fn forward_scanned(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch) {
     let hits = match dlp::scan_response(sh, &mut msg) {
-        Ok(h) => h,
+        Ok(s) => note_truncation(sh, msg.id_text(), s, batch),
         Err(e) => {
             // Not forwarded: it could not be scanned. A server request gets an error back, so
             // the server does not wait for an answer that will never come.
@@ -219,7 +243,10 @@ fn forward_scanned(sh: &Shared, line: &[u8], mut msg: Message, batch: &mut Batch
             batch.records.push(records::server_message_rejected(
                 sh,
                 msg.id_text(),
-                &format!("server message could not be inspected: {}", e.reason),
+                &dlp::redact_text(
+                    sh,
+                    &format!("server message could not be inspected: {}", e.reason),
+                ),
                 false,
             ));
             return;

@@ -106,6 +106,13 @@ impl Pending {
         }
     }
 
+    /// Whether the client request `id` is waiting for a human (not yet forwarded).
+    pub fn is_waiting_for_approval(&self, id: &RawValue) -> bool {
+        self.client
+            .get(&id_key(id))
+            .is_some_and(|r| r.approval.is_some())
+    }
+
     pub fn take_client(&mut self, id: &RawValue) -> Option<ClientRequest> {
         self.client.remove(&id_key(id))
     }

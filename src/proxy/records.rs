@@ -113,6 +113,25 @@ pub(super) fn rejected(sh: &Shared, id_text: Option<&str>, reason: &str, code: i
         .with("reason", reason)
 }
 
+/// A server message longer than `max_scan_size`: DLP scanned only its beginning.
+pub(super) fn scan_truncated(sh: &Shared, id_text: Option<&str>) -> Record {
+    event(sh, "DLP_SCAN_TRUNCATED", Direction::Downstream)
+        .with("request_id", id_value(id_text))
+        .with_static(
+            "reason",
+            "content beyond spec.dlp.max_scan_size was forwarded unscanned",
+        )
+}
+
+/// The client's answer to a server request (sampling, roots, elicitation), forwarded.
+pub(super) fn client_answer(sh: &Shared, id_text: Option<&str>) -> Record {
+    event(sh, "CLIENT_ANSWER_FORWARDED", Direction::Upstream)
+        .with("request_id", id_value(id_text))
+        .with_static("decision", "ALLOW")
+        .with_static("policy_mode", sh.mode_str())
+        .with("violation", false)
+}
+
 pub(super) fn dropped(
     sh: &Shared,
     direction: Direction,

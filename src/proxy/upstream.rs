@@ -147,6 +147,10 @@ fn handle_line(sh: &Arc<Shared>, line: &[u8], batch: &mut Batch) {
             // The client answering a server→client request (sampling, roots, elicitation).
             let id = msg.id.as_deref();
             if id.is_some_and(|id| sh.pending().take_server(id)) {
+                // Recorded like every client message, and so written before it is forwarded.
+                batch
+                    .records
+                    .push(records::client_answer(sh, msg.id_text()));
                 batch.forward(line, None);
             } else {
                 batch.records.push(records::dropped(
@@ -305,7 +309,15 @@ fn cancel_waiting_approval(sh: &Shared, params: Option<&Value>) -> bool {
     let Ok(raw) = RawValue::from_string(text) else {
         return false;
     };
+    // Only a call still waiting for a human is ended here. A request the server has keeps its
+    // pending entry (and so its id) until the server answers or the session ends: freeing it
+    // would let the client reuse the id for another request and get this one's answer matched
+    // to it (an unfiltered tools/list delivered as the answer to a ping), while a server that
+    // ignores the cancellation, or reads its method differently, goes on working on it.
     let mut pending = sh.pending();
+    if !pending.is_waiting_for_approval(&raw) {
+        return false;
+    }
     let waiting = pending
         .take_client(&raw)
         .and_then(|r| r.approval)

@@ -395,6 +395,103 @@ fn tools_list_hides_blocked_tools() {
     assert_eq!(reply["result"]["tools"].as_array().unwrap().len(), 14);
 }
 
+/// A cancellation must not free the id of a request the server has: reusing it would get the
+/// server's tools/list answer matched to the new request and delivered unfiltered.
+#[test]
+fn a_cancelled_request_keeps_its_id_until_the_server_answers() {
+    let mut r = start(&[]);
+    // One write, so aip decides all three before the server answers the first.
+    r.drv.send_raw(
+        concat!(
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+            "\n"
+        )
+        .as_bytes(),
+    );
+    let replies = [r.drv.recv(), r.drv.recv()];
+    let refused = replies
+        .iter()
+        .find(|x| x["error"].is_object())
+        .unwrap_or_else(|| panic!("the reused id was not refused: {replies:?}"));
+    assert_eq!(refused["id"], 5);
+    assert!(
+        refused["error"]["data"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already in flight"),
+        "{refused}"
+    );
+    let listing = replies
+        .iter()
+        .find(|x| x["result"]["tools"].is_array())
+        .unwrap_or_else(|| panic!("no listing: {replies:?}"));
+    let names: Vec<&str> = listing["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"echo"), "{names:?}");
+    assert!(!names.contains(&"run_command"), "unfiltered: {names:?}");
+}
+
+/// Server answers DLP could not see into: members beside result/error/params, and a parser
+/// error that would quote the server's text. Neither may carry a secret to the client or into
+/// the audit log. And a scan cut at `max_scan_size` is recorded.
+#[test]
+fn dlp_leaves_no_unscanned_path_from_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(
+        dir.path(),
+        "dlp.yaml",
+        "apiVersion: aip.io/v1alpha2\nkind: AgentPolicy\nmetadata: {name: dlp}\nspec:\n  allowed_tools: [raw_reply, echo]\n  dlp:\n    max_scan_size: 1KB\n    patterns:\n      - {name: AWS Key, regex: \"AKIA[A-Z0-9]{16}\"}\n",
+    );
+    let mut r = start_with(&policy, &[], &[]);
+    let key = "AKIAIOSFODNN7EXAMPLE";
+    let raw = |id: u64, line: &str| call(json!(id), "raw_reply", json!({ "line": line }));
+    let extra = r.drv.call(&raw(
+        1,
+        &format!(r#"{{"jsonrpc":"2.0","id":{{id}},"result":{{"content":[]}},"debug":"{key}"}}"#),
+    ));
+    assert_eq!(extra["error"]["code"], -32603, "{extra}");
+    let dup = r.drv.call(&raw(
+        2,
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":{{id}},"result":{{"content":[],"{key}":1,"{key}":2}}}}"#
+        ),
+    ));
+    assert_eq!(dup["error"]["code"], -32603, "{dup}");
+    for reply in [&extra, &dup] {
+        assert!(!reply.to_string().contains(key), "{reply}");
+    }
+    // Past max_scan_size the rest goes unscanned, as the spec has it, and that is recorded.
+    let long = r.drv.call(&call(
+        json!(3),
+        "echo",
+        json!({"pad": "x".repeat(2048), "k": key}),
+    ));
+    assert!(long["result"].is_object(), "{long}");
+    r.drv.close_stdin();
+    r.drv.wait(Duration::from_secs(10));
+    let records = audit_records(&r.audit());
+    let audit = std::fs::read_to_string(r.audit()).unwrap();
+    let leaked: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains(key) && !l.contains("\"pad\""))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+    assert!(
+        records
+            .iter()
+            .any(|x| x["event"] == "DLP_SCAN_TRUNCATED" && x["request_id"] == 3),
+        "{records:?}"
+    );
+}
+
 #[test]
 fn dlp_redacts_responses_notifications_and_structured_content() {
     let mut r = start(&[]);
