@@ -230,6 +230,9 @@ fn arm_parent_death(channels: &Channels) {
 /// The reaper's work: the root file system, the server, then the reaper loop. Never returns.
 fn build_and_serve(prepared: &Prepared, channels: Channels) -> ! {
     let report = channels.report.as_fd();
+    if prepared.userns.is_none() {
+        seal_memfd_exec();
+    }
     let mounts = match super::mounts::build_root(&prepared.spec, prepared.root_template.as_deref())
     {
         Ok(n) => n,
@@ -265,6 +268,24 @@ fn build_and_serve(prepared: &Prepared, channels: Channels) -> ! {
         sys::exit_now(125);
     }
     reaper::run(server, ctl)
+}
+
+/// Makes every memfd of this pid namespace non-executable (`vm.memfd_noexec` = 2, Linux 6.3+,
+/// a per-pid-namespace setting that children cannot lower): Landlock does not cover anonymous
+/// files, so a server could otherwise write any binary into a memfd and run it although /tmp is
+/// noexec and every grant read-only. Mapping a memfd executable (JIT code spaces) still works.
+/// Only a root reaper may set it (the file belongs to the initial user namespace); on older
+/// kernels there is nothing to set. Both are documented limits.
+fn seal_memfd_exec() {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    if let Ok(fd) = open(
+        c"/proc/sys/vm/memfd_noexec",
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        let _ = nix::unistd::write(&fd, b"2");
+    }
 }
 
 /// The server process: last steps, then `execve`. Never returns. It shares the reaper's memory

@@ -1362,3 +1362,39 @@ fn pre_created_network_namespaces_are_fresh_and_never_shared() {
         alive.push((child, stdin_w));
     }
 }
+
+/// Landlock does not cover anonymous files: without more, a server could write any binary into a
+/// memfd and execute it, although /tmp is noexec and grants are read-only.
+#[test]
+fn a_memfd_cannot_be_executed() {
+    if !is_root() {
+        println!(
+            "SKIP a_memfd_cannot_be_executed: vm.memfd_noexec is set only by a root supervisor"
+        );
+        return;
+    }
+    if !Path::new("/proc/sys/vm/memfd_noexec").exists() {
+        println!(
+            "SKIP a_memfd_cannot_be_executed: this kernel has no vm.memfd_noexec (Linux < 6.3)"
+        );
+        return;
+    }
+    let script = "import os, sys\n\
+        fd = os.memfd_create('payload', 0)\n\
+        os.write(fd, open('/usr/bin/true', 'rb').read())\n\
+        try:\n    os.execv(f'/proc/self/fd/{fd}', ['payload'])\n\
+        except OSError as e:\n    print('refused', e.errno); sys.exit(3)\n";
+    let out = aip_sandbox(&["--", "/usr/bin/python3", "-c", script]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the memfd ran: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("refused"),
+        "{}",
+        stderr(&out)
+    );
+}
