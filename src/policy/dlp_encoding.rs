@@ -1,5 +1,5 @@
-//! `dlp.detect_encoding`: finds base64 (standard or URL-safe, padded or not) and hex tokens in a
-//! string and decodes them, so DLP patterns can be run on what a token hides. A token whose
+//! `dlp.detect_encoding`: finds base64 (standard or URL-safe, padded or not, wrapped across
+//! lines or not) and hex tokens (with or without `0x`) in a string and decodes them, so DLP patterns can be run on what a token hides. A token whose
 //! decoded content matches is redacted whole.
 //!
 //! Limits (documented, by design): tokens shorter than [`MIN_TOKEN_LEN`] characters are not
@@ -21,8 +21,14 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest prefix of a token that is decoded.
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
-static TOKEN: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(&format!("[A-Za-z0-9+/_-]{{{MIN_TOKEN_LEN},}}={{0,2}}")).ok());
+/// A token may go on across line breaks: `base64` and MIME wrap their output at 76 columns, so
+/// a secret can straddle two lines.
+static TOKEN: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(&format!(
+        "[A-Za-z0-9+/_-]{{{MIN_TOKEN_LEN},}}(?:\\r?\\n[A-Za-z0-9+/_-]+)*={{0,2}}"
+    ))
+    .ok()
+});
 
 /// Byte ranges of candidate encoded tokens in `text`.
 pub fn candidates(text: &str) -> Vec<Range<usize>> {
@@ -41,10 +47,21 @@ pub fn has_candidate(text: &str) -> bool {
 /// (standard or URL-safe alphabet). Each is returned as text (lossy UTF-8).
 pub fn decodings(token: &str) -> Vec<String> {
     let token = &token[..floor_boundary(token, MAX_TOKEN_LEN)];
+    let joined;
+    let token = if token.contains(['\r', '\n']) {
+        joined = token.replace(['\r', '\n'], "");
+        joined.as_str()
+    } else {
+        token
+    };
     let mut out = Vec::new();
-    if token.len().is_multiple_of(2)
-        && token.bytes().all(|b| b.is_ascii_hexdigit())
-        && let Ok(bytes) = hex::decode(token)
+    let hex_digits = token
+        .strip_prefix("0x")
+        .or_else(|| token.strip_prefix("0X"))
+        .unwrap_or(token);
+    if hex_digits.len().is_multiple_of(2)
+        && hex_digits.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Ok(bytes) = hex::decode(hex_digits)
     {
         out.push(String::from_utf8_lossy(&bytes).into_owned());
     }
@@ -102,6 +119,27 @@ mod tests {
 
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("??>>secret-stuff<<??");
         assert!(decodings(&url).iter().any(|d| d.contains("secret-stuff")));
+    }
+
+    #[test]
+    fn wrapped_base64_and_prefixed_hex_are_decoded() {
+        // As `base64` and MIME write it: 76 columns, the key across the line break.
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(format!("id={}AKIAIOSFODNN7EXAMPLE\n", "x".repeat(45)));
+        let wrapped = format!("{}\n{}\n", &b64[..76], &b64[76..]);
+        let c = candidates(&wrapped);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(
+            decodings(&wrapped[c[0].clone()])
+                .iter()
+                .any(|d| d.contains("AKIAIOSFODNN7EXAMPLE"))
+        );
+        let prefixed = format!("0x{}", hex::encode("AKIAIOSFODNN7EXAMPLE"));
+        assert!(
+            decodings(&prefixed)
+                .iter()
+                .any(|d| d == "AKIAIOSFODNN7EXAMPLE")
+        );
     }
 
     #[test]
