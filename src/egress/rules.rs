@@ -335,15 +335,45 @@ impl Rules {
         first_match(&self.allowed, host).map(|(i, p)| format!("allowed_hosts[{i}]={p}"))
     }
 
-    /// Why `ip` may not be dialled, unless an allowed CIDR inside its special range names it.
+    /// Why `ip` may not be dialled: a special range, unless an allowed CIDR inside the range
+    /// names it; or an address of this host, unless an allowed CIDR names exactly it.
     fn special_refusal(&self, ip: IpAddr) -> Option<String> {
-        let (range, name) = special_range(ip)?;
-        let unlocked = self.allowed.iter().any(|(_, p)| match p {
-            HostPattern::Cidr(net) => net.contains(&ip) && range.contains(net),
-            _ => false,
-        });
-        (!unlocked).then(|| format!("special_range={name} {range}"))
+        if let Some((range, name)) = special_range(ip) {
+            let unlocked = self.allowed.iter().any(|(_, p)| match p {
+                HostPattern::Cidr(net) => net.contains(&ip) && range.contains(net),
+                _ => false,
+            });
+            if !unlocked {
+                return Some(format!("special_range={name} {range}"));
+            }
+        }
+        if is_own_address(ip) {
+            let named = self.allowed.iter().any(|(_, p)| match p {
+                HostPattern::Cidr(net) => {
+                    net.contains(&ip) && net.prefix_len() == net.max_prefix_len()
+                }
+                _ => false,
+            });
+            if !named {
+                return Some(format!("own_address={ip} (an address of this host)"));
+            }
+        }
+        None
     }
+}
+
+/// Whether `ip` is assigned to an interface of the network namespace aip dials from (the host's,
+/// or aipd's): a host service bound to `0.0.0.0` or `[::]` answers there as it does on loopback,
+/// and public or global addresses are in no special range. Read at every decision (interfaces
+/// change); if they cannot be read, every address counts as the host's (fail closed).
+fn is_own_address(ip: IpAddr) -> bool {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return true;
+    };
+    addrs.filter_map(|a| a.address).any(|sa| {
+        sa.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
+            || sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())) == Some(ip)
+    })
 }
 
 fn first_match<'a>(
@@ -495,6 +525,25 @@ mod tests {
         // 0.0.0.0/0 is not inside any special range, so it opens only public addresses.
         assert_eq!(r.decide(&ip("1.1.1.1"), 80).outcome, Outcome::Allow);
         assert_eq!(r.decide(&ip("2606:4700::1111"), 80).outcome, Outcome::Allow);
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_need_a_rule_naming_exactly_them() {
+        // 127.0.0.1 sits on `lo` of every network namespace, so it stands for any address of
+        // this host here: a rule that opens its range does not open it, a rule naming it does.
+        assert!(is_own_address("127.0.0.1".parse().unwrap()));
+        let range = rules(EgressMode::Allow, &["127.0.0.0/8"], &[]);
+        assert_eq!(range.decide(&ip("127.0.0.2"), 80).outcome, Outcome::Allow);
+        let d = range.decide(&ip("127.0.0.1"), 80);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(d.rule.starts_with("own_address=127.0.0.1"), "{}", d.rule);
+        assert!(range.filter_resolved(&[ip_addr("127.0.0.1")]).is_err());
+        let exact = rules(EgressMode::Allow, &["127.0.0.1"], &[]);
+        assert_eq!(exact.decide(&ip("127.0.0.1"), 80).outcome, Outcome::Allow);
+    }
+
+    fn ip_addr(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
