@@ -84,6 +84,8 @@ impl Refusal {
 
 /// A connection that may start its session.
 struct Admitted {
+    /// The configuration the hello was judged by (and the session runs under).
+    loaded: Arc<Loaded>,
     def: Arc<ServerDef>,
     /// Bytes the client sent after its hello.
     leftover: Vec<u8>,
@@ -103,6 +105,10 @@ fn admit(
     let bad = |e: hello::HelloError| Refusal::new(None, Reason::BadHello, e.to_string());
     let (line, leftover) = hello::read_line(&mut &*stream, limits.hello_max_bytes).map_err(bad)?;
     let hello = hello::parse_hello(&line).map_err(bad)?;
+    // Judged by the configuration in force now, not the one from when the connection was
+    // accepted: a reload that revoked a grant while this hello was pending must apply to it.
+    let loaded = shared.current();
+    let limits = &loaded.daemon.limits;
     let name = hello.server.as_str();
     let stopping = || Refusal::new(Some(name), Reason::ShuttingDown, "aipd is stopping");
     if shared.stopping() {
@@ -163,6 +169,7 @@ fn admit(
         return Err(stopping());
     }
     Ok(Admitted {
+        loaded,
         def,
         leftover,
         id,
@@ -205,7 +212,7 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: UnixStream) {
         return;
     }
     let _ = stream.set_read_timeout(None);
-    let _ = stream.set_write_timeout(Some(limits.client_write_timeout));
+    let _ = stream.set_write_timeout(Some(a.loaded.daemon.limits.client_write_timeout));
     let uid = a.session_uid.as_ref().map(|u| u.uid);
     tracing::info!(server = %a.def.name, session = %a.id, uid = peer.uid, session_uid = ?uid, "session starting");
     let sink: Arc<dyn Sink> = Arc::new(SessionSink {
@@ -214,7 +221,7 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     });
     run(
         shared,
-        &loaded,
+        &a.loaded,
         &a.def,
         &peer,
         &stream,
