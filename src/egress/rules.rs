@@ -239,7 +239,7 @@ impl Rules {
             return self.policy_deny(rule);
         }
         if let Host::Ip(ip) = host
-            && let Some(rule) = self.special_refusal(*ip)
+            && let Some(rule) = self.special_refusal(*ip, &OwnAddresses::default())
         {
             return Decision::deny(rule);
         }
@@ -292,6 +292,7 @@ impl Rules {
         let mut kept = Vec::with_capacity(addrs.len());
         let mut first_refusal: Option<Decision> = None;
         let mut monitored: Option<String> = None;
+        let own = OwnAddresses::default();
         for ip in addrs {
             if let Some(rule) = self.denied_rule(&Host::Ip(*ip)) {
                 let d = self.policy_deny(format!("{rule} (resolved {ip})"));
@@ -302,7 +303,7 @@ impl Rules {
                     continue;
                 }
             }
-            if let Some(rule) = self.special_refusal(*ip) {
+            if let Some(rule) = self.special_refusal(*ip, &own) {
                 first_refusal.get_or_insert(Decision::deny(format!("{rule} (resolved {ip})")));
                 continue;
             }
@@ -337,7 +338,7 @@ impl Rules {
 
     /// Why `ip` may not be dialled: a special range, unless an allowed CIDR inside the range
     /// names it; or an address of this host, unless an allowed CIDR names exactly it.
-    fn special_refusal(&self, ip: IpAddr) -> Option<String> {
+    fn special_refusal(&self, ip: IpAddr, own: &OwnAddresses) -> Option<String> {
         if let Some((range, name)) = special_range(ip) {
             let unlocked = self.allowed.iter().any(|(_, p)| match p {
                 HostPattern::Cidr(net) => net.contains(&ip) && range.contains(net),
@@ -347,7 +348,7 @@ impl Rules {
                 return Some(format!("special_range={name} {range}"));
             }
         }
-        if is_own_address(ip) {
+        if own.contains(ip) {
             let named = self.allowed.iter().any(|(_, p)| match p {
                 HostPattern::Cidr(net) => {
                     net.contains(&ip) && net.prefix_len() == net.max_prefix_len()
@@ -362,18 +363,35 @@ impl Rules {
     }
 }
 
-/// Whether `ip` is assigned to an interface of the network namespace aip dials from (the host's,
+/// The addresses assigned to the interfaces of the network namespace aip dials from (the host's,
 /// or aipd's): a host service bound to `0.0.0.0` or `[::]` answers there as it does on loopback,
-/// and public or global addresses are in no special range. Read at every decision (interfaces
-/// change); if they cannot be read, every address counts as the host's (fail closed).
+/// and public or global addresses are in no special range. Read once per decision, when first
+/// needed (interfaces change; a read costs a netlink dump); if they cannot be read, every address
+/// counts as the host's (fail closed).
+#[derive(Default)]
+struct OwnAddresses(std::cell::OnceCell<Option<Vec<IpAddr>>>);
+
+impl OwnAddresses {
+    fn contains(&self, ip: IpAddr) -> bool {
+        let addrs = self.0.get_or_init(|| {
+            let list = nix::ifaddrs::getifaddrs().ok()?;
+            Some(
+                list.filter_map(|a| a.address)
+                    .filter_map(|sa| {
+                        sa.as_sockaddr_in()
+                            .map(|v4| IpAddr::V4(v4.ip()))
+                            .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                    })
+                    .collect(),
+            )
+        });
+        addrs.as_ref().is_none_or(|a| a.contains(&ip))
+    }
+}
+
+#[cfg(test)]
 fn is_own_address(ip: IpAddr) -> bool {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return true;
-    };
-    addrs.filter_map(|a| a.address).any(|sa| {
-        sa.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
-            || sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())) == Some(ip)
-    })
+    OwnAddresses::default().contains(ip)
 }
 
 fn first_match<'a>(
