@@ -693,6 +693,14 @@ fn server_requests_and_client_answers_pass_but_stray_answers_do_not() {
             .contains("assistant")
     );
     assert!(!r.received_raw().contains("bogus"));
+    // The answer that was forwarded has its record, like every client message.
+    let records = audit_records(&r.audit());
+    assert!(
+        records
+            .iter()
+            .any(|x| x["event"] == "CLIENT_ANSWER_FORWARDED" && x["request_id"] == req["id"]),
+        "{records:?}"
+    );
 }
 
 #[test]
