@@ -472,32 +472,32 @@ impl<'v> Scan<'_> {
             return None;
         }
         let raw = pp.absolute_raw(t);
-        if !self.first_time(&raw) {
-            return None;
-        }
-        self.resolutions += 1;
-        if self.resolutions > MAX_RESOLUTIONS {
-            return Some(usize::MAX);
-        }
-        if let Some(real) = resolve_prefix(&raw)
-            && real != abs
-            && let Some(i) = pp.hit(&real)
-        {
+        if let Some(i) = self.resolved_hit(&raw, &abs) {
             return Some(i);
         }
         // A server that collapses `..` before it opens the path (Node's `path.resolve`,
         // Python's `normpath`, Go's `filepath.Clean`) follows the symlinks of the cleaned form,
         // which the kernel's walk of the raw form may never reach: in `/srv/missing/../link/x`
         // the walk stops at `missing`, while `/srv/link/x` goes through `link`.
-        if *raw == *abs || !self.first_time(&abs) {
+        if *raw == *abs {
+            return None;
+        }
+        self.resolved_hit(&abs, &abs)
+    }
+
+    /// Resolves `path` through symlinks (once per call for each distinct path, at most
+    /// [`MAX_RESOLUTIONS`] in all: past that `usize::MAX`, fail closed) and checks the real
+    /// path when it differs from the already checked lexical form `abs`.
+    fn resolved_hit(&mut self, path: &str, abs: &str) -> Option<usize> {
+        if !self.first_time(path) {
             return None;
         }
         self.resolutions += 1;
         if self.resolutions > MAX_RESOLUTIONS {
             return Some(usize::MAX);
         }
-        match resolve_prefix(&abs) {
-            Some(real) if real != abs => pp.hit(&real),
+        match resolve_prefix(path) {
+            Some(real) if real != abs => self.pp.hit(&real),
             _ => None,
         }
     }
