@@ -106,11 +106,15 @@ impl Pending {
         }
     }
 
-    /// Whether the client request `id` is waiting for a human (not yet forwarded).
-    pub fn is_waiting_for_approval(&self, id: &RawValue) -> bool {
-        self.client
-            .get(&id_key(id))
-            .is_some_and(|r| r.approval.is_some())
+    /// Removes the client request `id` only if it is waiting for a human (not yet forwarded),
+    /// and returns its cancel handle. A forwarded request keeps its entry, and so its id.
+    pub fn take_waiting_approval(&mut self, id: &RawValue) -> Option<Cancel> {
+        let std::collections::hash_map::Entry::Occupied(entry) = self.client.entry(id_key(id))
+        else {
+            return None;
+        };
+        entry.get().approval.as_ref()?;
+        entry.remove().approval
     }
 
     pub fn take_client(&mut self, id: &RawValue) -> Option<ClientRequest> {
@@ -213,6 +217,24 @@ mod tests {
         assert_eq!(p.insert_server(&raw("3")), Err(Refused::Full));
         assert!(p.take_server(&raw("1")));
         assert!(!p.take_server(&raw("1")));
+    }
+
+    #[test]
+    fn only_a_call_waiting_for_a_human_is_taken_by_a_cancellation() {
+        let mut p = Pending::new(8);
+        p.insert_client(&raw("1"), "tools/list", None, None)
+            .unwrap();
+        p.insert_client(&raw("2"), "tools/call", Some("ask_me"), Some(Cancel::new()))
+            .unwrap();
+        assert!(p.take_waiting_approval(&raw("1")).is_none());
+        assert_eq!(
+            p.insert_client(&raw("1"), "ping", None, None),
+            Err(Refused::DuplicateId),
+            "a forwarded request keeps its id"
+        );
+        assert!(p.take_waiting_approval(&raw("2")).is_some());
+        assert!(p.take_waiting_approval(&raw("2")).is_none());
+        assert!(p.insert_client(&raw("2"), "ping", None, None).is_ok());
     }
 
     #[test]

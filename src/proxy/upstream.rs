@@ -314,15 +314,8 @@ fn cancel_waiting_approval(sh: &Shared, params: Option<&Value>) -> bool {
     // would let the client reuse the id for another request and get this one's answer matched
     // to it (an unfiltered tools/list delivered as the answer to a ping), while a server that
     // ignores the cancellation, or reads its method differently, goes on working on it.
-    let mut pending = sh.pending();
-    if !pending.is_waiting_for_approval(&raw) {
-        return false;
-    }
-    let waiting = pending
-        .take_client(&raw)
-        .and_then(|r| r.approval)
-        .map(|cancel| cancel.cancel());
-    waiting.is_some()
+    let waiting = sh.pending().take_waiting_approval(&raw);
+    waiting.map(|cancel| cancel.cancel()).is_some()
 }
 
 fn handle_tool_call(
