@@ -230,8 +230,10 @@ fn arm_parent_death(channels: &Channels) {
 /// The reaper's work: the root file system, the server, then the reaper loop. Never returns.
 fn build_and_serve(prepared: &Prepared, channels: Channels) -> ! {
     let report = channels.report.as_fd();
-    if prepared.userns.is_none() {
-        seal_memfd_exec();
+    if prepared.userns.is_none()
+        && let Err(failure) = seal_memfd_exec()
+    {
+        report_failure(report, failure);
     }
     let mounts = match super::mounts::build_root(&prepared.spec, prepared.root_template.as_deref())
     {
@@ -275,16 +277,22 @@ fn build_and_serve(prepared: &Prepared, channels: Channels) -> ! {
 /// files, so a server could otherwise write any binary into a memfd and run it although /tmp is
 /// noexec and every grant read-only. Mapping a memfd executable (JIT code spaces) still works.
 /// Only a root reaper may set it (the file belongs to the initial user namespace); on older
-/// kernels there is nothing to set. Both are documented limits.
-fn seal_memfd_exec() {
+/// kernels there is nothing to set. Both are documented limits. Where the kernel has it and a
+/// root reaper cannot set it, the start fails instead of running without it.
+fn seal_memfd_exec() -> Result<(), SetupFailure> {
     use nix::fcntl::{OFlag, open};
     use nix::sys::stat::Mode;
-    if let Ok(fd) = open(
+    let fail = |e: nix::errno::Errno| {
+        SetupFailure::new(Layer::Landlock, "seal memfds (vm.memfd_noexec)", &e.into())
+    };
+    match open(
         c"/proc/sys/vm/memfd_noexec",
         OFlag::O_WRONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     ) {
-        let _ = nix::unistd::write(&fd, b"2");
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(fail(e)),
+        Ok(fd) => nix::unistd::write(&fd, b"2").map(drop).map_err(fail),
     }
 }
 
