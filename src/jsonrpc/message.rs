@@ -405,9 +405,7 @@ fn check_id(id: &RawValue) -> Result<(), ParseError> {
                 Err(ParseError::invalid(
                     "\"id\" -0 is the same id as 0 to most peers",
                 ))
-            } else if magnitude.len() > 16
-                || magnitude.parse::<u64>().map_or(true, |n| n > MAX_SAFE)
-            {
+            } else if magnitude.parse::<u64>().map_or(true, |n| n > MAX_SAFE) {
                 Err(ParseError::invalid(
                     "\"id\" must be an integer within ±(2^53 − 1), which every peer reads exactly",
                 ))

@@ -1,6 +1,7 @@
 //! `dlp.detect_encoding`: finds base64 (standard or URL-safe, padded or not, wrapped across
-//! lines or not) and hex tokens (with or without `0x`) in a string and decodes them, so DLP patterns can be run on what a token hides. A token whose
-//! decoded content matches is redacted whole.
+//! lines or not) and hex tokens (with or without `0x`) in a string and decodes them, so DLP
+//! patterns can be run on what a token hides. A token whose decoded content matches is redacted
+//! whole.
 //!
 //! Limits (documented, by design): tokens shorter than [`MIN_TOKEN_LEN`] characters are not
 //! decoded (too short to hide a credential and too common in ordinary text); one level of

@@ -89,9 +89,6 @@ pub(super) fn request(
     }
 }
 
-/// Redacts the server-originated parts of `msg` in place; returns the hits. An error means a
-/// part could not be decoded (e.g. duplicate keys): the message must not be forwarded, since
-/// it could not be scanned.
 /// What [`scan_response`] found: the hits (already redacted in `msg`), and whether part of the
 /// message was beyond `max_scan_size` and not scanned (the spec: MUST log a warning).
 #[derive(Default)]
@@ -100,6 +97,9 @@ pub(super) struct Scanned {
     pub truncated: bool,
 }
 
+/// Redacts the server-originated parts of `msg` in place. An error means a part could not be
+/// decoded (e.g. duplicate keys) or the message has members DLP does not scan: it must not be
+/// forwarded, since it could not be scanned.
 pub(super) fn scan_response(
     sh: &Shared,
     msg: &mut Message,
